@@ -1,0 +1,336 @@
+"""How a worker is started: its command line, the environment marker, the watchdog.
+
+::
+
+    parent                                   worker (own process group / session)
+    ------                                   ------
+    command_for(task) ----- Popen ------->   python <the same program> | -c <import hook>
+    env TARNISH_PY_WORKER = {task, ...}      tarnish_py import: marker read and removed,
+                                             stdout moved off the channel
+    watchdog.register(pgid)                  main() / serve(): HELLO, then calls
+
+A task defined in ``__main__`` is found by re-executing the program the way it
+was started (script, ``-m``, ``-c``, frozen executable; interpreter flags kept),
+and that program must call :func:`tarnish_py.main`. A task from an importable
+module is found by importing it in ``python -c``, with the parent's ``sys.path``.
+
+The *watchdog* is one small process per parent. It holds the read end of a
+pipe whose write end only the parent has, and the process groups of the
+parent's live workers. When the parent dies, even by SIGKILL, the pipe ends
+and the watchdog SIGKILLs those groups: workers stuck in C die too, and so do
+the processes their tasks started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import SpawnError
+
+__all__ = ["MARKER", "WorkerConfig", "command_for", "start", "watchdog"]
+
+MARKER = "TARNISH_PY_WORKER"
+
+_POSIX = os.name == "posix"
+_F_SETPIPE_SZ = 1031  # Linux
+_PIPE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the parent tells a worker through the environment marker."""
+
+    module: str  # "__main__" or an importable module
+    name: str  # the Task's qualified name, or "@label" for a @task function
+    max_message_bytes: int
+    parent_pid: int
+    sys_path: tuple[str, ...] | None = None  # set for importable tasks only
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "module": self.module,
+                "name": self.name,
+                "max": self.max_message_bytes,
+                "parent": self.parent_pid,
+                "path": list(self.sys_path) if self.sys_path is not None else None,
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: str) -> WorkerConfig:
+        d = json.loads(raw)
+        path = d.get("path")
+        return cls(
+            module=d["module"],
+            name=d["name"],
+            max_message_bytes=int(d["max"]),
+            parent_pid=int(d["parent"]),
+            sys_path=tuple(path) if path is not None else None,
+        )
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+_BOOT = "import tarnish_py._worker as w; w.serve_importable()"
+
+# Interpreter options that take a value, as separate argument or glued on.
+_OPTS_WITH_VALUE = frozenset("WX")
+_LONG_OPTS_WITH_VALUE = frozenset({"--check-hash-based-pycs"})
+
+
+def _split_orig_argv(argv: list[str]) -> tuple[list[str], str, str | None, list[str]]:
+    """Split ``sys.orig_argv`` into (interpreter options, mode, target, program args).
+
+    mode is "script", "-m", "-c", "-" (stdin) or "" (interactive).
+    """
+    opts: list[str] = []
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-":
+            return opts, "-", None, argv[i + 1 :]
+        if arg == "--":
+            i += 1
+            break
+        if arg.startswith("--"):
+            opts.append(arg)
+            if arg in _LONG_OPTS_WITH_VALUE and i + 1 < len(argv):
+                opts.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        if not arg.startswith("-") or len(arg) < 2:
+            break
+        # A cluster of short options: "-OO", "-Wignore", "-uc", "-X dev".
+        j = 1
+        while j < len(arg):
+            ch = arg[j]
+            if ch in "cm":
+                value = arg[j + 1 :] or (argv[i + 1] if i + 1 < len(argv) else "")
+                consumed = 1 if arg[j + 1 :] else 2
+                if arg[1:j]:
+                    opts.append("-" + arg[1:j])
+                return opts, "-" + ch, value, argv[i + consumed :]
+            if ch in _OPTS_WITH_VALUE:
+                if arg[1:j]:
+                    opts.append("-" + arg[1:j])
+                if arg[j + 1 :]:
+                    opts.append("-" + ch + arg[j + 1 :])
+                else:
+                    opts.extend(["-" + ch, argv[i + 1] if i + 1 < len(argv) else ""])
+                    i += 1
+                break
+            j += 1
+        else:
+            opts.append(arg)
+        i += 1
+    if i < len(argv):
+        return opts, "script", argv[i], argv[i + 1 :]
+    return opts, "", None, []
+
+
+def _cannot_reexec(task_name: str, why: str) -> SpawnError:
+    return SpawnError(
+        f"cannot start a worker for {task_name}: it is defined in __main__ of {why}, "
+        "which cannot be re-executed. Define the task in an importable module "
+        "(a .py file next to your notebook or script) and import it from there."
+    )
+
+
+def _reexec_argv(task_name: str) -> list[str]:
+    """The command that starts this program again, for a task defined in ``__main__``."""
+    main_mod = sys.modules.get("__main__")
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *sys.argv[1:]]
+    orig = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    opts, mode, target, args = _split_orig_argv(orig)
+    spec = getattr(main_mod, "__spec__", None)
+    if mode == "script" and target is not None:
+        main_file = getattr(main_mod, "__file__", None)
+        if main_file is None:
+            raise _cannot_reexec(task_name, "an interactive session")
+        # __main__.__file__ is absolute (3.9+), unlike argv: the program may have
+        # changed directory since it started. A directory or zip keeps its own path.
+        path = main_file if os.path.isfile(target) or not os.path.exists(target) else target
+        if os.path.basename(path) == "__main__.py" and os.path.isdir(target):
+            path = target
+        return [sys.executable, *opts, os.path.abspath(path), *args]
+    if mode == "-m" and target is not None:
+        if spec is None or spec.name not in (target, target + ".__main__"):
+            # e.g. Jupyter: started as "-m ipykernel_launcher", __main__ is the notebook.
+            raise _cannot_reexec(task_name, "an interactive session")
+        return [sys.executable, *opts, "-m", target, *args]
+    if mode == "-c" and target is not None:
+        if spec is not None or getattr(main_mod, "__file__", None) is not None:
+            raise _cannot_reexec(task_name, "an interactive session")
+        return [sys.executable, *opts, "-c", target, *args]
+    if mode == "-":
+        raise _cannot_reexec(task_name, "a program read from standard input")
+    raise _cannot_reexec(task_name, "an interactive session")
+
+
+def _interpreter_flags() -> list[str]:
+    # The same -O, -W, -X ... as the parent, for the "python -c" worker.
+    return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
+
+
+def command_for(module: str, task_name: str) -> list[str]:
+    """The argv that starts a worker for a task defined in ``module``."""
+    if module == "__main__":
+        return _reexec_argv(task_name)
+    return [sys.executable, *_interpreter_flags(), "-c", _BOOT]
+
+
+def absolute_sys_path() -> tuple[str, ...]:
+    """The parent's ``sys.path`` as the worker needs it (notebooks change it at run time)."""
+    cwd = os.getcwd()
+    return tuple(os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys.path)
+
+
+# ---------------------------------------------------------------------------
+# Starting a process
+
+
+def _enlarge_pipe(fd: int) -> None:
+    # Fewer wake-ups for large messages; an unprivileged process may go to 1 MiB.
+    if sys.platform.startswith("linux"):
+        try:
+            import fcntl
+
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass
+
+
+def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start a worker process (does not wait for its handshake)."""
+    from . import _worker
+
+    _worker.refuse_spawn_before_main()
+    env = dict(os.environ)
+    env[MARKER] = config.dumps()
+    kwargs: dict[str, Any] = {}
+    if _POSIX:
+        kwargs["start_new_session"] = True  # own group: Ctrl-C and killpg stay apart
+    else:  # pragma: no cover - Windows
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            bufsize=0,
+            **kwargs,
+        )
+    except OSError as exc:
+        raise SpawnError(f"cannot start a worker process ({argv[0]}): {exc}") from exc
+    assert popen.stdin is not None and popen.stdout is not None
+    _enlarge_pipe(popen.stdin.fileno())
+    _enlarge_pipe(popen.stdout.fileno())
+    watchdog.register(popen.pid)
+    return popen
+
+
+# ---------------------------------------------------------------------------
+# The watchdog
+
+_WATCHDOG_SOURCE = """\
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups, pending = set(), b""
+while True:
+    try:
+        data = os.read(0, 4096)
+    except InterruptedError:
+        continue
+    if not data:
+        break
+    pending += data
+    *lines, pending = pending.split(b"\\n")
+    for line in lines:
+        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Watchdog:
+    """Kills the parent's worker process groups when the parent dies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0
+
+    def _ensure(self) -> int | None:
+        proc = self._proc
+        if proc is not None and self._owner == os.getpid() and proc.poll() is None:
+            assert proc.stdin is not None
+            return proc.stdin.fileno()
+        with self._lock:
+            if self._proc is not None and self._owner == os.getpid():
+                if self._proc.poll() is None:
+                    assert self._proc.stdin is not None
+                    return self._proc.stdin.fileno()
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-S", "-E", "-c", _WATCHDOG_SOURCE],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    close_fds=True,
+                    start_new_session=True,
+                    bufsize=0,
+                )
+            except OSError:
+                return None
+            self._owner = os.getpid()
+            assert self._proc.stdin is not None
+            return self._proc.stdin.fileno()
+
+    def _send(self, line: bytes) -> None:
+        if not _POSIX:  # pragma: no cover - Windows
+            return
+        fd = self._ensure()
+        if fd is None:
+            return
+        try:
+            os.write(fd, line)  # < PIPE_BUF: atomic, safe from any thread
+        except OSError:
+            pass
+
+    def register(self, pgid: int) -> None:
+        self._send(b"+%d\n" % pgid)
+
+    def unregister(self, pgid: int) -> None:
+        if self._proc is not None:
+            self._send(b"-%d\n" % pgid)
+
+    def forget_after_fork(self) -> None:
+        # A forked child owns none of the parent's workers; the next register()
+        # in it starts its own watchdog. Its copy of the pipe must go, or the
+        # parent's death would not be seen while this child lives.
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.stdin is not None:
+            stdin, proc.stdin = proc.stdin, None
+            stdin.close()
+
+
+watchdog = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=watchdog.forget_after_fork)

@@ -1,0 +1,305 @@
+"""The wire: Python values <-> msgpack <-> COBS frames. Pure, no I/O.
+
+::
+
+    value --adapter.dump_python--> plain objects --msgpack(+ext)--> bytes
+          --COBS--> frame without zeros --+ b"\\x00"--> pipe
+    pipe --FrameReader.feed--> messages --adapter.validate_python--> value
+
+A *message* is a short msgpack array whose first item is its kind::
+
+    worker -> parent   [HELLO, version, pid]        once, right after start
+                       [RESULT, call_id, value]
+                       [ERROR, call_id, type_name, message, traceback]
+                       [FATAL, message]             the worker cannot serve
+    parent -> worker   [CALL, call_id, value]
+                       [SHUTDOWN]
+
+The worker writes one extra 0x00 before HELLO so that anything a program wrote
+to stdout before it could move fd 1 away ends in a frame of its own, which the
+parent treats as noise.
+
+msgpack has no type for much of what pydantic validates; those values travel as
+msgpack ext types (``_EXT_*`` below) so they come back *equal*: integers beyond
+64 bits, Decimal, UUID, datetime/date/time/timedelta (naive or aware), sets,
+frozensets, tuples and complex numbers. Bytes travel as msgpack bin. Enum
+members travel as their value: the receiving side's type adapter turns them
+back into members.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgpack
+from cobs import cobs
+
+from ._errors import ProtocolError
+
+if not getattr(cobs, "_using_extension", True):  # pragma: no cover - depends on the wheel
+    raise ImportError("tarnish_py needs the C implementation of the 'cobs' package")
+
+__all__ = [
+    "CALL",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ERROR",
+    "FATAL",
+    "HELLO",
+    "PROTOCOL_VERSION",
+    "RESULT",
+    "SHUTDOWN",
+    "FrameReader",
+    "encode_frame",
+    "frame_limit",
+    "frame_packed",
+    "pack",
+    "unpack",
+]
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
+
+HELLO: Final = 0
+CALL: Final = 1
+RESULT: Final = 2
+ERROR: Final = 3
+SHUTDOWN: Final = 4
+FATAL: Final = 5
+
+_EXT_BIGINT: Final = 1
+_EXT_DECIMAL: Final = 2
+_EXT_UUID: Final = 3
+_EXT_DATETIME: Final = 4
+_EXT_DATE: Final = 5
+_EXT_TIME: Final = 6
+_EXT_TIMEDELTA: Final = 7
+_EXT_SET: Final = 8
+_EXT_FROZENSET: Final = 9
+_EXT_TUPLE: Final = 10
+_EXT_COMPLEX: Final = 11
+
+
+def _bigint(value: int) -> msgpack.ExtType:
+    # Two's complement, little-endian; str() would hit sys.int_max_str_digits.
+    size = (value.bit_length() + 8) // 8
+    return msgpack.ExtType(_EXT_BIGINT, value.to_bytes(size, "little", signed=True))
+
+
+def _default(obj: Any) -> Any:
+    """Called by msgpack (strict_types) for every object it has no exact type for."""
+    encode = _ENCODERS.get(type(obj))
+    if encode is not None:
+        return encode(obj)
+    # Subclasses, in the order that matters (bool and enums before int, ...).
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, tuple):  # namedtuples
+        return _ENCODERS[tuple](obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, _dt.datetime):
+        return _ENCODERS[_dt.datetime](obj)
+    if isinstance(obj, _dt.date):
+        return _ENCODERS[_dt.date](obj)
+    # Anything else pydantic knows (paths, IP addresses, patterns, models in
+    # an Any field ...): its JSON form, which pydantic validates back.
+    from pydantic_core import to_jsonable_python
+
+    try:
+        return to_jsonable_python(obj)
+    except Exception as exc:
+        raise TypeError(f"tarnish_py cannot send a value of type {type(obj).__qualname__}") from exc
+
+
+_packer_options: Final[dict[str, Any]] = {
+    "default": _default,
+    "use_bin_type": True,
+    "strict_types": True,
+    "unicode_errors": "surrogatepass",
+}
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode ``obj`` with the ext types of this module."""
+    return msgpack.packb(obj, **_packer_options)  # type: ignore[no-any-return]
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    decode = _DECODERS.get(code)
+    if decode is None:
+        raise ProtocolError(f"unknown msgpack ext type {code}")
+    return decode(data)
+
+
+def unpack(data: bytes | bytearray) -> Any:
+    """Decode what :func:`pack` made."""
+    return msgpack.unpackb(
+        data,
+        ext_hook=_ext_hook,
+        strict_map_key=False,
+        raw=False,
+        unicode_errors="surrogatepass",
+    )
+
+
+_ENCODERS: Final[dict[type, Callable[[Any], Any]]] = {
+    int: _bigint,  # only reached for ints msgpack cannot hold in 64 bits
+    decimal.Decimal: lambda d: msgpack.ExtType(_EXT_DECIMAL, str(d).encode()),
+    uuid.UUID: lambda u: msgpack.ExtType(_EXT_UUID, u.bytes),
+    _dt.datetime: lambda d: msgpack.ExtType(_EXT_DATETIME, d.isoformat().encode()),
+    _dt.date: lambda d: msgpack.ExtType(_EXT_DATE, d.isoformat().encode()),
+    _dt.time: lambda t: msgpack.ExtType(_EXT_TIME, t.isoformat().encode()),
+    _dt.timedelta: lambda t: msgpack.ExtType(
+        _EXT_TIMEDELTA, pack((t.days, t.seconds, t.microseconds))
+    ),
+    set: lambda s: msgpack.ExtType(_EXT_SET, pack(list(s))),
+    frozenset: lambda s: msgpack.ExtType(_EXT_FROZENSET, pack(list(s))),
+    tuple: lambda t: msgpack.ExtType(_EXT_TUPLE, pack(list(t))),
+    complex: lambda c: msgpack.ExtType(_EXT_COMPLEX, pack([c.real, c.imag])),
+}
+
+
+def _timedelta(data: bytes) -> _dt.timedelta:
+    days, seconds, micros = unpack(data)
+    return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+def _complex(data: bytes) -> complex:
+    real, imag = unpack(data)
+    return complex(real, imag)
+
+
+_DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
+    _EXT_BIGINT: lambda b: int.from_bytes(b, "little", signed=True),
+    _EXT_DECIMAL: lambda b: decimal.Decimal(b.decode()),
+    _EXT_UUID: lambda b: uuid.UUID(bytes=b),
+    _EXT_DATETIME: lambda b: _dt.datetime.fromisoformat(b.decode()),
+    _EXT_DATE: lambda b: _dt.date.fromisoformat(b.decode()),
+    _EXT_TIME: lambda b: _dt.time.fromisoformat(b.decode()),
+    _EXT_TIMEDELTA: _timedelta,
+    _EXT_SET: lambda b: set(unpack(b)),
+    _EXT_FROZENSET: lambda b: frozenset(unpack(b)),
+    _EXT_TUPLE: lambda b: tuple(unpack(b)),
+    _EXT_COMPLEX: _complex,
+}
+
+
+def frame_limit(max_message_bytes: int) -> int:
+    """The largest encoded frame (zero excluded) a message of ``max_message_bytes`` makes."""
+    return max_message_bytes + max_message_bytes // 254 + 2
+
+
+def encode_frame(message: Any) -> bytes:
+    """One message as one frame: msgpack, COBS-encoded, ended by a single 0x00."""
+    return cobs.encode(pack(message)) + b"\x00"
+
+
+def frame_packed(packed: bytes) -> bytes:
+    """The frame of a message already packed with :func:`pack`."""
+    return cobs.encode(packed) + b"\x00"
+
+
+def _decode_frame(encoded: bytes | bytearray) -> Any:
+    try:
+        message = unpack(cobs.decode(encoded))
+    except ProtocolError:
+        raise
+    except Exception as exc:  # cobs.DecodeError, msgpack's errors, bad ext payloads
+        raise ProtocolError(f"undecodable frame of {len(encoded)} bytes: {exc}") from exc
+    if not isinstance(message, list) or not message or not isinstance(message[0], int):
+        raise ProtocolError(f"frame is not a message: {message!r:.200}")
+    return message
+
+
+class FrameReader:
+    """Incremental decoder: feed it bytes in any chunks, get whole messages back.
+
+    Linear in the bytes fed (each byte is searched for the terminator once),
+    and it never holds more than one frame's worth past ``max_message_bytes``:
+    a longer frame is a :class:`ProtocolError`.
+
+    >>> r = FrameReader(1024)
+    >>> data = encode_frame([2, 7, "hi"])
+    >>> r.feed(data[:3]), r.feed(data[3:])
+    ([], [[2, 7, 'hi']])
+    """
+
+    __slots__ = ("_buf", "_limit", "_scanned", "strict")
+
+    def __init__(
+        self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, strict: bool = True
+    ) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+        self._limit = frame_limit(max_message_bytes)
+        #: False until the handshake: an undecodable frame is then returned as its
+        #: raw bytes (stdout noise of a program starting up) instead of raising.
+        self.strict = strict
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already known to hold no terminator
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet end a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Add ``data``; return the messages it completed, oldest first."""
+        buf = self._buf
+        if not buf:
+            # Fast path: one whole frame in one read (the common case for calls).
+            end = data.find(b"\x00") if not isinstance(data, memoryview) else -2
+            if end == len(data) - 1 and end > 0:
+                if end > self._limit:
+                    raise ProtocolError(self._too_long(end))
+                return [self._decode(bytes(data[:end]))]
+        buf += data
+        messages: list[Any] = []
+        start = 0
+        scan = self._scanned
+        while True:
+            end = buf.find(b"\x00", scan)
+            if end < 0:
+                break
+            if end - start > self._limit:
+                raise ProtocolError(self._too_long(end - start))
+            if end > start:  # an empty frame (two zeros in a row) carries nothing
+                messages.append(self._decode(buf[start:end]))
+            start = scan = end + 1
+        if start:
+            del buf[:start]
+        self._scanned = len(buf)
+        if len(buf) > self._limit:
+            raise ProtocolError(self._too_long(len(buf)))
+        return messages
+
+    def _decode(self, encoded: bytes | bytearray) -> Any:
+        if self.strict:
+            return _decode_frame(encoded)
+        try:
+            return _decode_frame(encoded)
+        except ProtocolError:
+            return bytes(encoded)
+
+    def _too_long(self, size: int) -> str:
+        return (
+            f"a frame of at least {size} bytes exceeds the limit of {self._limit} "
+            "(max_message_bytes)"
+        )
