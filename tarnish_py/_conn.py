@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from . import _wire
-from ._errors import ProtocolError, SpawnError
+from ._errors import SpawnError
 from ._spawn import watchdog
 
 __all__ = ["Conn", "Deadline", "Eof", "describe_exit"]

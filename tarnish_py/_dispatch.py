@@ -271,14 +271,14 @@ class CallFuture(cf.Future):  # type: ignore[type-arg]
     _on_cancel_running: Callable[[], None] | None = None
 
     def cancel(self) -> bool:
-        with self._condition:  # type: ignore[attr-defined]
-            if self._state != "RUNNING":  # type: ignore[attr-defined]
+        with self._condition:
+            if self._state != "RUNNING":
                 return super().cancel()
             kill = self._on_cancel_running
             self._state = "CANCELLED_AND_NOTIFIED"
-            for waiter in self._waiters:  # type: ignore[attr-defined]
+            for waiter in self._waiters:
                 waiter.add_cancelled(self)
-            self._condition.notify_all()  # type: ignore[attr-defined]
+            self._condition.notify_all()
         self._invoke_callbacks()  # type: ignore[attr-defined]
         if kill is not None:
             kill()

@@ -97,6 +97,6 @@ def _resolve_type_args(cls: type) -> tuple[Any, Any] | None:
             inner = _resolve_type_args(origin)
             if inner is None:
                 continue
-            mapping = dict(zip(getattr(origin, "__parameters__", ()), get_args(base)))
+            mapping = dict(zip(getattr(origin, "__parameters__", ()), get_args(base), strict=False))
             return (mapping.get(inner[0], inner[0]), mapping.get(inner[1], inner[1]))
     return None

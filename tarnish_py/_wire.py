@@ -208,12 +208,14 @@ def frame_limit(max_message_bytes: int) -> int:
 
 def encode_frame(message: Any) -> bytes:
     """One message as one frame: msgpack, COBS-encoded, ended by a single 0x00."""
-    return cobs.encode(pack(message)) + b"\x00"
+    encoded: bytes = cobs.encode(pack(message))
+    return encoded + b"\x00"
 
 
 def frame_packed(packed: bytes) -> bytes:
     """The frame of a message already packed with :func:`pack`."""
-    return cobs.encode(packed) + b"\x00"
+    encoded: bytes = cobs.encode(packed)
+    return encoded + b"\x00"
 
 
 def _decode_frame(encoded: bytes | bytearray) -> Any:

@@ -135,7 +135,8 @@ def _resolve(module_name: str, name: str) -> type[Task[Any, Any]]:
         obj = getattr(obj, part)
     if not (isinstance(obj, type) and issubclass(obj, Task)):
         raise TypeError(f"{module_name}.{name} is not a Task subclass")
-    return obj
+    task_cls: type[Task[Any, Any]] = obj
+    return task_cls
 
 
 def serve_importable() -> NoReturn:
@@ -204,7 +205,9 @@ def _loop(instance: Task[Any, Any], in_adapter: Any, out_adapter: Any, limit: in
 
 def _error_message(call_id: int, exc: BaseException) -> list[Any]:
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
     try:
         message = str(exc)
     except Exception:

@@ -1,0 +1,77 @@
+"""Shared fixtures. Integration tests run real programs in a temporary folder:
+a worker re-executes its program, so pytest itself is never re-run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+ScriptRunner = Callable[..., Result]
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("TARNISH_PY_WORKER", None)
+    env["PYTHONFAULTHANDLER"] = "1"
+    return env
+
+
+@pytest.fixture
+def run_script(tmp_path: Path) -> ScriptRunner:
+    """Write ``source`` to ``tmp_path/name`` and run it with this interpreter.
+
+    ``args`` are program arguments, ``python_args`` go before the script
+    (``["-m", "mod"]`` or ``["-c", code]`` replace the script), ``stdin`` is fed
+    to the program. Every run is bounded by ``timeout`` seconds.
+    """
+
+    def run(
+        source: str,
+        *args: str,
+        name: str = "prog.py",
+        python_args: list[str] | None = None,
+        stdin: str | None = None,
+        timeout: float = 60.0,
+        files: dict[str, str] | None = None,
+    ) -> Result:
+        for rel, text in (files or {}).items():
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        script = tmp_path / name
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(textwrap.dedent(source))
+        cmd = [sys.executable, *(python_args if python_args is not None else [str(script)]), *args]
+        proc = subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            env=python_env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
