@@ -10,6 +10,7 @@ from . import _worker
 # In a worker, move stdout off the channel before anything else can print.
 _worker.adopt_channel()
 
+from ._decorator import task  # noqa: E402
 from ._errors import (  # noqa: E402
     ClosedError,
     ProtocolError,
@@ -19,6 +20,7 @@ from ._errors import (  # noqa: E402
     TaskTimeout,
     WorkerCrashed,
 )
+from ._pool import ProcessPool  # noqa: E402
 from ._process import Process  # noqa: E402
 from ._task import Task  # noqa: E402
 from ._worker import main  # noqa: E402
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClosedError",
     "Process",
+    "ProcessPool",
     "ProtocolError",
     "SpawnError",
     "TarnishError",
@@ -36,4 +39,5 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "main",
+    "task",
 ]

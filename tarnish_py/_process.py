@@ -27,6 +27,9 @@ def task_location(task: type[Task[Any, Any]]) -> tuple[str, str]:
     """(module, qualified name) by which a worker finds ``task``."""
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise TypeError(f"expected a Task subclass, got {task!r}")
+    label = task.__dict__.get("_tarnish_name")
+    if label is not None:  # made by @task: found by its label
+        return task.__module__, str(label)
     qualname = task.__qualname__
     if "<locals>" in qualname:
         raise TypeError(
