@@ -19,6 +19,7 @@ $(VENV)/.installed-base: pyproject.toml
 
 demo: $(VENV)/.installed-base
 	$(PY) examples/ffi_segfault.py
+	$(PY) examples/batch_with_crashes.py
 
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check tarnish_py tests examples benchmarks
