@@ -216,6 +216,8 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
     from . import _worker
 
     _worker.refuse_spawn_before_main()
+    if not _POSIX:  # pragma: no cover - Windows
+        raise SpawnError("tarnish_py workers need a POSIX system (Linux, macOS) for now")
     env = dict(os.environ)
     env[MARKER] = config.dumps()
     kwargs: dict[str, Any] = {}
