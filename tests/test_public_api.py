@@ -1,0 +1,152 @@
+"""The public surface: one sorted ``__all__``, and an error tree that carries data."""
+
+from __future__ import annotations
+
+import pickle
+import types
+from typing import Any
+
+import pytest
+
+import tarnish_py
+from tarnish_py import (
+    ClosedError,
+    ProtocolError,
+    SpawnError,
+    TarnishError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+
+ERRORS: list[type[TarnishError]] = [
+    TaskError,
+    WorkerCrashed,
+    TaskTimeout,
+    SpawnError,
+    ProtocolError,
+    ClosedError,
+]
+
+
+def test_all_is_sorted_and_unique() -> None:
+    assert list(tarnish_py.__all__) == sorted(set(tarnish_py.__all__))
+
+
+def test_every_name_in_all_exists() -> None:
+    missing = [name for name in tarnish_py.__all__ if not hasattr(tarnish_py, name)]
+    assert missing == []
+
+
+def test_every_public_name_is_in_all() -> None:
+    public = {
+        name
+        for name, value in vars(tarnish_py).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - set(tarnish_py.__all__) == set()
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, Any] = {}
+    exec("from tarnish_py import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(tarnish_py.__all__)
+
+
+@pytest.mark.parametrize(
+    "name", ["Task", "Process", "main", *(e.__name__ for e in ERRORS), "TarnishError"]
+)
+def test_spec_names_are_exported(name: str) -> None:
+    assert name in tarnish_py.__all__
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_error_is_a_tarnish_error(error: type[TarnishError]) -> None:
+    assert issubclass(error, TarnishError)
+    assert issubclass(TarnishError, Exception)
+    assert not issubclass(TarnishError, TimeoutError)
+
+
+def test_task_timeout_is_a_timeout_error() -> None:
+    error = TaskTimeout(1.5)
+    assert isinstance(error, TimeoutError) and isinstance(error, OSError)
+    assert error.timeout == 1.5
+    assert "1.5" in str(error)
+    with pytest.raises(TimeoutError):
+        raise error
+
+
+def test_only_task_timeout_is_a_timeout_error() -> None:
+    timeouts: list[type[Exception]] = [e for e in ERRORS if issubclass(e, TimeoutError)]
+    assert timeouts == [TaskTimeout]
+
+
+def test_task_error_carries_the_remote_error() -> None:
+    tb = 'Traceback (most recent call last):\n  File "w.py", line 3\nValueError: bad\n'
+    error = TaskError("ValueError", "bad input", tb)
+    assert (error.type_name, error.message, error.traceback) == ("ValueError", "bad input", tb)
+    assert str(error) == "ValueError: bad input"
+    assert str(TaskError("KeyboardInterrupt", "", "")) == "KeyboardInterrupt"
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "signal", "stderr", "expected"),
+    [
+        (-11, "SIGSEGV", "Fatal Python error: Segmentation fault\n", "SIGSEGV"),
+        (-6, "SIGABRT", "", "SIGABRT"),
+        (3, None, "bye\n", "code 3"),
+        (None, None, "", "code None"),
+    ],
+)
+def test_worker_crashed_carries_exit_status_and_stderr(
+    exitcode: int | None, signal: str | None, stderr: str, expected: str
+) -> None:
+    error = WorkerCrashed(exitcode, signal, stderr)
+    assert (error.exitcode, error.signal, error.stderr) == (exitcode, signal, stderr)
+    assert expected in str(error)
+    if stderr.strip():
+        assert stderr.strip() in str(error)
+
+
+def test_spawn_error_carries_stderr() -> None:
+    error = SpawnError("no handshake", "ModuleNotFoundError: No module named 'x'\n")
+    assert error.stderr.startswith("ModuleNotFoundError")
+    assert "no handshake" in str(error) and "ModuleNotFoundError" in str(error)
+    assert SpawnError("plain").stderr == ""
+
+
+SAMPLES: list[TarnishError] = [
+    TaskError("ZeroDivisionError", "division by zero", "Traceback...\nZeroDivisionError\n"),
+    TaskError("X", "", ""),
+    WorkerCrashed(-9, "SIGKILL", "killed\n"),
+    WorkerCrashed(1, None, ""),
+    TaskTimeout(0.25),
+    SpawnError("no stderr"),
+    ProtocolError("garbage on the channel"),
+    ClosedError("closed"),
+    TarnishError("base"),
+]
+FIELDS = ["type_name", "message", "traceback", "exitcode", "signal", "stderr", "timeout"]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("error", SAMPLES, ids=lambda e: type(e).__name__)
+def test_errors_survive_pickling_with_their_fields(error: TarnishError, protocol: int) -> None:
+    back = pickle.loads(pickle.dumps(error, protocol=protocol))
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    assert back.args == error.args
+    for field in FIELDS:
+        assert getattr(back, field, None) == getattr(error, field, None), field
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: SpawnError.__reduce__ passes the full message (stderr tail "
+    "included) as the message, so each pickling appends the stderr tail again",
+)
+def test_spawn_error_with_stderr_survives_pickling() -> None:
+    error = SpawnError("bad program", "SyntaxError: invalid syntax\n")
+    back = pickle.loads(pickle.dumps(error))
+    assert back.stderr == error.stderr
+    assert str(back) == str(error)
