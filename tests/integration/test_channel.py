@@ -34,9 +34,7 @@ NOISES = [
         "sys.stderr.write('NOISE-stderr\\n'); sys.stderr.flush()", "NOISE-stderr", id="sys.stderr"
     ),
     pytest.param("os.write(2, b'NOISE-fd2\\n')", "NOISE-fd2", id="os.write-2"),
-    pytest.param(
-        "print('NOISE-big' + 'x' * 3_000_000, flush=True)", "NOISE-big", id="megabytes"
-    ),
+    pytest.param("print('NOISE-big' + 'x' * 3_000_000, flush=True)", "NOISE-big", id="megabytes"),
 ]
 
 
@@ -79,18 +77,24 @@ if __name__ == "__main__":
 TOP_LEVEL = [
     pytest.param("print('TOP-before-import')", "TOP-before-import", "before", id="print-before"),
     pytest.param(
-        "os.write(1, b'TOP-raw-before\\x00\\x00import\\n')", "TOP-raw-before", "before",
+        "os.write(1, b'TOP-raw-before\\x00\\x00import\\n')",
+        "TOP-raw-before",
+        "before",
         id="os.write-NUL-before",
     ),
     pytest.param(
-        "print('TOP-before-flushed', flush=True)", "TOP-before-flushed", "before",
+        "print('TOP-before-flushed', flush=True)",
+        "TOP-before-flushed",
+        "before",
         id="print-flush-before",
     ),
     pytest.param("print('TOP-after-import')", "TOP-after-import", "after", id="print-after"),
     pytest.param(
         "import ctypes; ctypes.CDLL(None).printf(b'TOP-printf-after\\n');"
         " ctypes.CDLL(None).fflush(None)",
-        "TOP-printf-after", "after", id="printf-after",
+        "TOP-printf-after",
+        "after",
+        id="printf-after",
     ),
 ]
 

@@ -133,8 +133,12 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize(
     "bad_input",
-    [pytest.param("'forty-two'", id="str"), pytest.param("[1, 2]", id="list"),
-     pytest.param("None", id="None"), pytest.param("1.5", id="fraction")],
+    [
+        pytest.param("'forty-two'", id="str"),
+        pytest.param("[1, 2]", id="list"),
+        pytest.param("None", id="None"),
+        pytest.param("1.5", id="fraction"),
+    ],
 )
 def test_invalid_input_is_refused_in_the_caller(run_script, bad_input: str) -> None:
     first, refused, after = run_counter(

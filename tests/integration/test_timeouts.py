@@ -119,8 +119,9 @@ def test_processes_the_task_started_die_with_its_worker(run_script, ending: str)
         run_script(
             program(
                 HANGER.replace(
-                    "            hang()", "            {'timeout': hang, 'segfault': segfault,"
-                    " 'exit': lambda: exit_(5)}[" + repr(ending) + "]()"
+                    "            hang()",
+                    "            {'timeout': hang, 'segfault': segfault,"
+                    " 'exit': lambda: exit_(5)}[" + repr(ending) + "]()",
                 )
                 + """
 def parent():
