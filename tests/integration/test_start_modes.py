@@ -117,9 +117,7 @@ BUGS = {
     "mode",
     [pytest.param(m, marks=BUGS[m]) if m in BUGS else m for m in MODES],
 )
-def test_worker_runs_the_program_the_way_it_was_started(
-    run_script, tmp_path: Path, mode: str
-) -> None:
+def test_worker_runs_the_program_the_way_it_was_started(run_script, mode: str) -> None:
     name, python_args, args, chdir = MODES[mode]
     source = probe_source(chdir)
     if python_args is not None:
@@ -418,7 +416,7 @@ if __name__ == "__main__":
     assert [f["imports"] for f in failures] == [3, 4, 5, 6]
 
 
-def test_task_defined_inside_a_function_is_refused(run_script, tmp_path: Path) -> None:
+def test_task_defined_inside_a_function_is_refused(run_script) -> None:
     source = program(
         """
 def make_task():
