@@ -51,6 +51,12 @@ class Sleep(Task[tuple[float, str], int]):
         return os.getpid()
 
 
+class Nap(Task[float, float]):
+    def run(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
 class Mixed(Task[int, int]):
     # x >= 0: 2x; -1: segfault; -2: raises; -3: returns an invalid result.
     def run(self, x: int):
@@ -103,8 +109,13 @@ def test_size_pids_and_concurrent_start(run_script) -> None:
         """
 def parent():
     from tarnish_py import ProcessPool
+    try:
+        ProcessPool(Pid, size=0)
+        zero = "accepted"
+    except ValueError:
+        zero = "ValueError"
     with ProcessPool(Pid) as pool:
-        default = dict(size=pool.size, pids=pool.pids, cpus=os.cpu_count(),
+        default = dict(zero=zero, size=pool.size, pids=pool.pids, cpus=os.cpu_count(),
                        served=sorted({pool.call(0) for _ in range(4 * pool.size)}))
     t0 = time.monotonic()
     with Process(SlowStart) as p:
@@ -120,6 +131,7 @@ def parent():
 """,
     )
     default = rec["default"]
+    assert default["zero"] == "ValueError"
     assert default["size"] == default["cpus"] == len(default["pids"])
     assert len(set(default["pids"])) == default["size"]
     assert default["served"] == sorted(default["pids"])
@@ -281,8 +293,8 @@ def test_map_unordered_and_lazy(run_script) -> None:
         """
 def parent():
     from tarnish_py import ProcessPool
-    with ProcessPool(Sleep, size=2) as pool:
-        jobs = [(1.0, ""), (0.0, ""), (0.0, ""), (0.0, "")]
+    with ProcessPool(Nap, size=2) as pool:
+        jobs = [1.0, 0.0, 0.0, 0.0]
         t0 = time.monotonic()
         unordered = pool.map(jobs, ordered=False)
         first = next(unordered)
@@ -311,11 +323,10 @@ def parent():
 """,
     )
     # The fast item submitted second came out before the slow first one.
+    assert rec["first"] == 0.0
     assert rec["first_time"] < 0.9, rec
-    assert len(rec["rest"]) == 3
-    slow_pid = rec["rest"][-1]
-    assert rec["first"] != slow_pid
-    assert len(set(rec["ordered"])) == 2
+    assert rec["rest"] == [0.0, 0.0, 1.0]
+    assert rec["ordered"] == [1.0, 0.0, 0.0, 0.0]
     # An infinite input: results come out without reading it all first.
     assert rec["head"] == 0
     assert 1 <= rec["produced_at_first"] <= 2 * 2 + 1
@@ -339,7 +350,9 @@ def parent():
             try:
                 for i in range(200):
                     x = k * 1000 + i
-                    if pool.call(x) != 2 * x:
+                    # Even threads call, odd ones submit and wait.
+                    got = pool.call(x) if k % 2 == 0 else pool.submit(x).result(timeout=30)
+                    if got != 2 * x:
                         wrong.append(x)
             except BaseException as e:
                 errors.append(repr(e))
@@ -395,6 +408,70 @@ def parent():
     assert rec["max_gap"] < 0.3, rec
 
 
+def test_queued_calls_run_in_fifo_order_and_time_out(run_script) -> None:
+    rec = one(
+        run_script,
+        """
+class Log(Task[tuple[float, str], str]):
+    # Appends its tag to log.txt when it starts, then sleeps.
+    def run(self, job: tuple[float, str]) -> str:
+        seconds, tag = job
+        with open("log.txt", "a") as f:
+            f.write(tag + "\\n")
+        time.sleep(seconds)
+        return tag
+
+
+def parent():
+    from tarnish_py import ProcessPool
+    with ProcessPool(Log, size=1) as pool:
+        blocker = pool.submit((0.5, "blocker"))
+        while not os.path.exists("log.txt"):
+            time.sleep(0.01)
+        # While the only worker is busy: alternate threads calling and submits.
+        threads, futures = [], []
+        for i in range(6):
+            if i % 2:
+                futures.append(pool.submit((0.0, f"q{i}")))
+            else:
+                threads.append(threading.Thread(target=pool.call, args=((0.0, f"q{i}"),)))
+                threads[-1].start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join(30)
+        for f in futures:
+            f.result(timeout=30)
+        blocker.result(timeout=30)
+        with open("log.txt") as f:
+            order = f.read().split()
+    with ProcessPool(Log, size=2, timeout=0.5) as pool:
+        jobs = [(0.0, "a"), (5.0, "b"), (0.0, "c")]
+        pool_timeout = [describe(v) for v in pool.map(jobs, return_exceptions=True)]
+        jobs = [(0.0, "a"), (0.3, "b"), (0.0, "c")]
+        call_timeout = [describe(v) for v in pool.map(jobs, timeout=0.1, return_exceptions=True)]
+        t0 = time.monotonic()
+        try:
+            pool.call((5.0, "d"), timeout=0.2)
+            single = None
+        except TaskTimeout as e:
+            single = isinstance(e, TimeoutError)
+        single_time = time.monotonic() - t0
+        after = sorted(pool.map([(0.0, "e")] * 4))
+        emit(order=order, pool_timeout=pool_timeout, call_timeout=call_timeout,
+             single=single, single_time=single_time, after=after, size=pool.size)
+
+
+def describe(value):
+    return type(value).__name__ if isinstance(value, BaseException) else value
+""",
+    )
+    assert rec["order"] == ["blocker", "q0", "q1", "q2", "q3", "q4", "q5"]
+    assert rec["pool_timeout"] == ["a", "TaskTimeout", "c"]
+    assert rec["call_timeout"] == ["a", "TaskTimeout", "c"]
+    assert rec["single"] is True and rec["single_time"] < 2.0
+    assert rec["after"] == ["e"] * 4 and rec["size"] == 2
+
+
 @pytest.mark.parametrize("how", ["acall", "future"])
 def test_cancel_running_call_kills_its_worker(run_script, how: str) -> None:
     rec = one(
@@ -446,24 +523,51 @@ def parent():
     assert rec["served"] == sorted(rec["after"])
 
 
-def test_cancel_queued_future_removes_it(run_script) -> None:
+@pytest.mark.parametrize("how", ["future", "acall"])
+def test_cancel_queued_call_removes_it(run_script, how: str) -> None:
     rec = one(
         run_script,
-        """
+        f"""
+HOW = {how!r}
+
+
+async def with_acall(pool):
+    busy = [asyncio.ensure_future(pool.acall((0.5, f"busy{{i}}"))) for i in range(2)]
+    queued = asyncio.ensure_future(pool.acall((0.0, "queued")))
+    while not (os.path.exists("busy0.started") and os.path.exists("busy1.started")):
+        await asyncio.sleep(0.01)
+    cancel = queued.cancel()
+    busy_pids = sorted(await asyncio.gather(*busy))
+    try:
+        await queued
+        queued_outcome = "ran"
+    except asyncio.CancelledError:
+        queued_outcome = "cancelled"
+    return cancel, busy_pids, queued_outcome
+
+
+def with_future(pool):
+    busy = [pool.submit((0.5, f"busy{{i}}")) for i in range(2)]
+    queued = pool.submit((0.0, "queued"))
+    cancel = queued.cancel()
+    busy_pids = sorted(f.result(timeout=30) for f in busy)
+    try:
+        queued.result(timeout=5)
+        queued_outcome = "ran"
+    except cf.CancelledError:
+        queued_outcome = "cancelled"
+    return cancel, busy_pids, queued_outcome
+
+
 def parent():
     from tarnish_py import ProcessPool
     with ProcessPool(Sleep, size=2) as pool:
         before = pool.pids
-        busy = [pool.submit((0.5, f"busy{i}")) for i in range(2)]
-        queued = pool.submit((0.0, "queued"))
-        cancel = queued.cancel()
-        busy_pids = sorted(f.result(timeout=30) for f in busy)
-        try:
-            queued.result(timeout=5)
-            queued_outcome = "ran"
-        except cf.CancelledError:
-            queued_outcome = "cancelled"
-        served = sorted({pool.call((0.0, "")) for _ in range(4)})
+        if HOW == "acall":
+            cancel, busy_pids, queued_outcome = asyncio.run(with_acall(pool))
+        else:
+            cancel, busy_pids, queued_outcome = with_future(pool)
+        served = sorted({{pool.call((0.0, "")) for _ in range(4)}})
         time.sleep(0.2)
         emit(before=sorted(before), cancel=cancel, busy_pids=busy_pids,
              queued_outcome=queued_outcome, after=sorted(pool.pids), served=served,
@@ -475,6 +579,38 @@ def parent():
     assert not rec["queued_started"]
     # Nobody was killed: the same two workers ran everything.
     assert rec["busy_pids"] == rec["before"] == rec["after"] == rec["served"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: CallFuture.cancel() kills the slot's worker only after running "
+    "the done-callbacks; by then the slot may run the next queued call, which is killed "
+    "and fails with CancelledError though nobody cancelled it",
+)
+def test_cancel_running_future_never_kills_the_next_call(run_script) -> None:
+    rec = one(
+        run_script,
+        """
+def parent():
+    from tarnish_py import ProcessPool
+    with ProcessPool(Sleep, size=1) as pool:
+        victim = pool.submit((0.3, "victim"))
+        innocent = pool.submit((1.0, "innocent"))  # queued behind the victim
+        worker = wait_for("victim")
+        victim.add_done_callback(lambda f: time.sleep(1.0))  # a slow done-callback
+        cancel = victim.cancel()
+        try:
+            innocent_outcome = innocent.result(timeout=30) == worker
+        except BaseException as e:
+            innocent_outcome = type(e).__name__
+        emit(cancel=cancel, innocent=innocent_outcome,
+             innocent_cancelled=innocent.cancelled())
+""",
+    )
+    # The victim's call was cancelled; the innocent call was not and must succeed.
+    assert rec["cancel"] is True
+    assert rec["innocent_cancelled"] is False
+    assert rec["innocent"] is True
 
 
 @pytest.mark.parametrize(
@@ -504,10 +640,23 @@ def parent():
     running = pool.submit(({seconds}, "running"))
     worker = wait_for("running")
     queued = pool.submit((0.0, "queued"))
+    queued_sync = dict()
+
+    def sync_call():
+        try:
+            pool.call((0.0, "queued"))
+            queued_sync["outcome"] = "finished"
+        except BaseException as e:
+            queued_sync["outcome"] = type(e).__name__
+
+    sync_thread = threading.Thread(target=sync_call)
+    sync_thread.start()
+    time.sleep(0.2)  # the thread is now waiting for the busy worker
     t0 = time.monotonic()
     pool.close()
     close_time = time.monotonic() - t0
     worker_dead = wait_dead(worker)
+    sync_thread.join(30)
     refused = []
     for attempt in (lambda: pool.call((0.0, "")), lambda: pool.submit((0.0, "")),
                     lambda: list(pool.map([(0.0, "")])),
@@ -522,12 +671,13 @@ def parent():
     pool.close()
     again = time.monotonic() - t0
     emit(running=outcome(running), queued=outcome(queued), close_time=close_time,
+         queued_sync=queued_sync.get("outcome"),
          worker_dead=worker_dead, refused=refused, again=again,
          queued_started=os.path.exists("queued.started"),
          running_done=os.path.exists("running.done"))
 """,
     )
-    assert rec["queued"] == "ClosedError"
+    assert rec["queued"] == rec["queued_sync"] == "ClosedError"
     assert not rec["queued_started"]
     assert rec["running"] == running_outcome
     assert rec["running_done"] is (running_outcome == "finished")
