@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import ScriptRunner
 
 from ._procs import still_alive
 from ._programs import no_leftovers, program, records  # noqa: F401
@@ -60,11 +62,13 @@ def wait_for_file(name, within=10.0):
 """
 
 
-def run(run_script, body: str, *args: str, timeout: float = 60) -> list[dict]:
+def run(
+    run_script: ScriptRunner, body: str, *args: str, timeout: float = 60
+) -> list[dict[str, Any]]:
     return records(run_script(program(TASKS + body + MAIN), *args, timeout=timeout))
 
 
-def test_pid_is_running_and_restart(run_script) -> None:
+def test_pid_is_running_and_restart(run_script: ScriptRunner) -> None:
     (before, after_restart, after_kill) = run(
         run_script,
         """
@@ -96,7 +100,7 @@ def parent():
 
 
 @pytest.mark.parametrize("attempt", ["call", "submit", "acall", "restart"])
-def test_closed_handle_refuses_work(run_script, attempt: str) -> None:
+def test_closed_handle_refuses_work(run_script: ScriptRunner, attempt: str) -> None:
     (facts,) = run(
         run_script,
         """
@@ -129,8 +133,64 @@ def parent():
     assert facts == {"error": "ClosedError", "worker_dead": True, "running": False}
 
 
+def test_close_fails_queued_calls(run_script: ScriptRunner) -> None:
+    """Calls waiting behind a running one get ClosedError; so does the running
+    one once shutdown_timeout has passed."""
+    (facts,) = run(
+        run_script,
+        """
+def parent():
+    p = Process(Sleepy, shutdown_timeout=0.5)
+    running = p.submit(60)
+    wait_for_file("started")
+    queued = p.submit(0)
+    blocked = {}
+
+    def caller():
+        try:
+            blocked["result"] = p.call(0)
+        except Exception as exc:
+            blocked["error"] = type(exc).__name__
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    time.sleep(0.2)  # the caller is waiting for the worker
+    p.close()
+    thread.join(10)
+    emit(
+        running=type(running.exception(10)).__name__,
+        queued=type(queued.exception(10)).__name__,
+        blocked=blocked,
+    )
+""",
+    )
+    assert facts == {
+        "running": "ClosedError",
+        "queued": "ClosedError",
+        "blocked": {"error": "ClosedError"},
+    }
+
+
+def test_restart_waits_for_the_running_call(run_script: ScriptRunner) -> None:
+    (facts,) = run(
+        run_script,
+        """
+def parent():
+    with Process(Sleepy) as p:
+        old = p.pid
+        running = p.submit(0.5)
+        wait_for_file("started")
+        p.restart()
+        emit(result=running.result(10), changed=p.pid != old, after=p.call(0))
+""",
+    )
+    assert facts == {"result": "slept", "changed": True, "after": "slept"}
+
+
 @pytest.mark.parametrize("how", ["with", "close", "gc", "exit"])
-def test_closing_stops_the_worker_gracefully(run_script, tmp_path: Path, how: str) -> None:
+def test_closing_stops_the_worker_gracefully(
+    run_script: ScriptRunner, tmp_path: Path, how: str
+) -> None:
     """Every way a handle closes ends the worker and runs Task.close() in it."""
     (facts,) = run(
         run_script,
@@ -171,7 +231,7 @@ def parent():
     assert hook.read_text() == f"{pid}\n"
 
 
-def test_interpreter_exit_releases_a_thread_stuck_in_a_call(run_script) -> None:
+def test_interpreter_exit_releases_a_thread_stuck_in_a_call(run_script: ScriptRunner) -> None:
     """A non-daemon thread blocked in a call does not hang the program's exit."""
     start = time.monotonic()
     result = run_script(
@@ -211,7 +271,7 @@ def parent():
     ],
 )
 def test_close_waits_for_a_running_call_then_kills(
-    run_script,
+    run_script: ScriptRunner,
     tmp_path: Path,
     seconds: float,
     shutdown_timeout: float,
@@ -277,7 +337,7 @@ def parent():
     assert (tmp_path / "closed-by-task.txt").exists() is graceful
 
 
-def test_submit_returns_futures(run_script) -> None:
+def test_submit_returns_futures(run_script: ScriptRunner) -> None:
     (facts,) = run(
         run_script,
         """
@@ -303,7 +363,7 @@ def parent():
     assert facts["results"] == [2 * i for i in range(40)]
 
 
-def test_acall_does_not_block_the_event_loop(run_script) -> None:
+def test_acall_does_not_block_the_event_loop(run_script: ScriptRunner) -> None:
     (facts,) = run(
         run_script,
         """
@@ -337,7 +397,7 @@ def parent():
 
 
 @pytest.mark.parametrize("form", ["acall", "submit"])
-def test_cancelling_a_running_call_kills_its_worker(run_script, tmp_path: Path, form: str) -> None:
+def test_cancelling_a_running_call_kills_its_worker(run_script: ScriptRunner, form: str) -> None:
     (facts,) = run(
         run_script,
         """
@@ -382,7 +442,7 @@ def parent():
     assert facts["new"] not in (None, facts["old"])
 
 
-def test_calls_from_many_threads_are_all_answered_correctly(run_script) -> None:
+def test_calls_from_many_threads_are_all_answered_correctly(run_script: ScriptRunner) -> None:
     (facts,) = run(
         run_script,
         """

@@ -1,0 +1,68 @@
+"""What a user's type checker infers from tarnish_py: checked by ``mypy --strict``
+in tests/test_typing.py, never run. Each ``assert_type`` is an example a user
+relies on; a wrong inference fails the check."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Iterator
+
+from typing_extensions import assert_type
+
+from tarnish_py import Process, ProcessPool, Task, task
+
+
+class Double(Task[int, int]):
+    def run(self, x: int) -> int:
+        return 2 * x
+
+
+class Digits(Task[str, list[int]]):
+    def run(self, text: str) -> list[int]:
+        return [int(c) for c in text]
+
+
+@task("typing-scale")
+def scale(x: float, factor: float = 2.0) -> float:
+    return x * factor
+
+
+def process_calls() -> None:
+    p = Process(Double)
+    assert_type(p, Process[int, int])
+    assert_type(p.call(1), int)
+    assert_type(p.call(1, timeout=0.5), int)
+    assert_type(p.submit(1), cf.Future[int])
+    assert_type(p.pid, int | None)
+    assert_type(p.is_running(), bool)
+    assert_type(Process(Digits).call("123"), list[int])
+
+
+def context_manager_keeps_the_type() -> None:
+    with Process(Double) as p:
+        assert_type(p, Process[int, int])
+    with ProcessPool(Digits, size=2) as pool:
+        assert_type(pool, ProcessPool[str, list[int]])
+
+
+async def async_calls() -> None:
+    p = Process(Double)
+    assert_type(await p.acall(1), int)
+    assert_type(await ProcessPool(Digits).acall("1"), list[int])
+
+
+def pool_calls() -> None:
+    pool = ProcessPool(Double, size=2)
+    assert_type(pool.call(1), int)
+    assert_type(pool.submit(1), cf.Future[int])
+    assert_type(pool.map(range(3)), Iterator[int])
+    assert_type(pool.map(range(3), ordered=False), Iterator[int])
+    assert_type(pool.map(range(3), return_exceptions=True), Iterator[int | BaseException])
+    assert_type(pool.size, int)
+
+
+async def decorated_function() -> None:
+    assert_type(scale(1.5), float)
+    assert_type(scale(1.5, factor=3.0), float)
+    assert_type(scale.submit(1.5), cf.Future[float])
+    assert_type(await scale.acall(1.5), float)
