@@ -34,3 +34,6 @@ bench: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+soak: $(VENV)/.installed-test
+	$(PY) tests/reliability/soak.py --calls 20000 --seed 1
