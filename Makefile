@@ -30,7 +30,7 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check tarnish_py tests examples benchmarks
 
 bench: $(VENV)/.installed-bench
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

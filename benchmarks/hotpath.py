@@ -1,0 +1,132 @@
+"""Where the microseconds of a tiny call go.
+
+Each step of ``Process.call(1)`` on an ``int -> int`` task is timed in
+isolation (``timeit``, best of several repeats), in the order the call runs it;
+``cpu_split`` then measures, for real calls with parent and worker pinned to
+one CPU, the CPU time each process spends per call (the parent's thread CPU
+clock, the worker's ``/proc/<pid>/schedstat``). What the isolated steps do not
+explain is Python glue (attribute lookups, checks, try blocks in
+``_dispatch``/``_conn``/``_worker``) and the kernel's blocking, wake-up and
+context-switch work, which the raw pipe floor measures on its own.
+
+Run alone: ``python benchmarks/run.py --only hotpath`` (or as part of run.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import tarnish_py
+from tarnish_py import _wire
+
+__all__ = ["cpu_split", "steps"]
+
+
+def _best_us(fn: Callable[[], Any], number: int, repeat: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str, str, float]]:
+    """(side, step, µs) of each step of one tiny call, measured in isolation."""
+    number, repeat = (2000, 3) if quick else (20000, 7)
+    from tarnish_py._task import adapters
+
+    echo_cls: Any = _task_of(process)
+    ta_in, ta_out = adapters(echo_cls)
+    dispatcher: Any = getattr(process, "_dispatcher", None)
+    packed_call = _wire.pack([_wire.CALL, 12345, 1])
+    frame_call = _wire.frame_packed(packed_call)
+    packed_result = _wire.pack([_wire.RESULT, 12345, 1])
+    frame_result = _wire.frame_packed(packed_result)
+    reader = _wire.FrameReader()
+    buf = bytearray(1 << 16)
+    buf[: len(frame_call)] = frame_call
+    n = len(frame_call)
+    r, w = os.pipe()
+    instance = echo_cls()
+
+    def syscalls() -> None:
+        os.write(w, frame_call)
+        os.readv(r, [buf])
+
+    def dispatch() -> None:
+        slot = dispatcher.acquire()
+        dispatcher.release(slot)
+
+    out: list[tuple[str, str, float]] = []
+
+    def add(side: str, step: str, fn: Callable[[], Any]) -> None:
+        out.append((side, step, _best_us(fn, number, repeat)))
+
+    try:
+        add("parent", "validate + dump input (TypeAdapter)",
+            lambda: ta_in.dump_python(ta_in.validate_python(1)))
+        if dispatcher is not None:
+            add("parent", "take + give back the slot (lock, round-robin)", dispatch)
+        add("parent", "msgpack pack [CALL, id, value]",
+            lambda: _wire.pack([_wire.CALL, 12345, 1]))
+        add("parent", "COBS encode + terminator", lambda: _wire.frame_packed(packed_call))
+        add("both", "write + read syscalls of one message, no wake-up", syscalls)
+        add("worker", "FrameReader.feed (slice, find, COBS decode, unpack)",
+            lambda: reader.feed(buf[:n]))
+        add("worker", "validate input", lambda: ta_in.validate_python(1))
+        add("worker", "run()", lambda: instance.run(1))
+        add("worker", "validate + dump output",
+            lambda: ta_out.dump_python(ta_out.validate_python(1)))
+        add("worker", "msgpack pack [RESULT, id, value]",
+            lambda: _wire.pack([_wire.RESULT, 12345, 1]))
+        add("worker", "COBS encode + terminator", lambda: _wire.frame_packed(packed_result))
+        add("parent", "FrameReader.feed of the reply",
+            lambda: reader.feed(bytearray(frame_result)))
+        add("parent", "validate output", lambda: ta_out.validate_python(1))
+    finally:
+        os.close(r)
+        os.close(w)
+    return out
+
+
+def _task_of(process: tarnish_py.Process[Any, Any]) -> type:
+    """The Task class behind a Process, found through its options (a private detail)."""
+    import sys
+
+    options = process._dispatcher.options
+    module = sys.modules[options.config.module]
+    obj: Any = module
+    for part in options.config.name.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _schedstat_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def cpu_split(call: Callable[[int], Any], child_pids: list[int], n: int) -> dict[str, float]:
+    """µs per call: wall time, the calling thread's CPU, the children's CPU."""
+    for i in range(min(n, 200)):
+        call(i)
+    try:
+        c0 = sum(_schedstat_ns(pid) for pid in child_pids)
+    except OSError:
+        c0 = -1
+    p0 = time.thread_time_ns()
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        call(i)
+    t1 = time.perf_counter_ns()
+    p1 = time.thread_time_ns()
+    try:
+        c1 = sum(_schedstat_ns(pid) for pid in child_pids)
+    except OSError:
+        c1 = -1
+    child = (c1 - c0) / n / 1000 if c0 >= 0 and c1 >= 0 else float("nan")
+    return {
+        "wall_us": (t1 - t0) / n / 1000,
+        "parent_cpu_us": (p1 - p0) / n / 1000,
+        "child_cpu_us": child,
+    }
