@@ -98,10 +98,11 @@ class SpawnError(TarnishError):
         if stderr.strip():
             full += "\nworker stderr ends with:\n" + stderr.rstrip()
         super().__init__(full)
+        self.reason = message
         self.stderr = stderr
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.args[0], self.stderr))
+        return (type(self), (self.reason, self.stderr))
 
 
 class ProtocolError(TarnishError):

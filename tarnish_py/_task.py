@@ -44,7 +44,14 @@ class Task(Generic[In, Out]):
                 f"{cls.__qualname__} must give Task its input and output types, "
                 f"for example: class {cls.__name__}(Task[int, str]): ..."
             )
-        if any(isinstance(t, TypeVar) for t in types):
+        if any(_free_type_vars(t) for t in types):
+            if "__orig_bases__" not in cls.__dict__:
+                # class U(GenericBase): the type arguments were forgotten.
+                raise TypeError(
+                    f"{cls.__qualname__} must fill in the type arguments of its generic "
+                    f"base, for example: class {cls.__name__}"
+                    f"({cls.__bases__[0].__name__}[int, str]): ... (as with Task[int, str])"
+                )
             cls._tarnish_types = None  # a generic base for other tasks
             cls._tarnish_adapters = None
             return
@@ -98,5 +105,23 @@ def _resolve_type_args(cls: type) -> tuple[Any, Any] | None:
             if inner is None:
                 continue
             mapping = dict(zip(getattr(origin, "__parameters__", ()), get_args(base), strict=False))
-            return (mapping.get(inner[0], inner[0]), mapping.get(inner[1], inner[1]))
+            return (_substitute(inner[0], mapping), _substitute(inner[1], mapping))
     return None
+
+
+def _free_type_vars(tp: Any) -> tuple[Any, ...]:
+    if isinstance(tp, TypeVar):
+        return (tp,)
+    if isinstance(tp, type):  # a class used bare (even a Generic one) is a concrete type
+        return ()
+    return tuple(getattr(tp, "__parameters__", ()))
+
+
+def _substitute(tp: Any, mapping: dict[Any, Any]) -> Any:
+    """``tp`` with its type variables replaced: A -> int, list[A] -> list[int]."""
+    if isinstance(tp, TypeVar):
+        return mapping.get(tp, tp)
+    params = _free_type_vars(tp)
+    if params:
+        return tp[tuple(mapping.get(p, p) for p in params)]
+    return tp

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
@@ -82,6 +83,15 @@ _EXT_SET: Final = 8
 _EXT_FROZENSET: Final = 9
 _EXT_TUPLE: Final = 10
 _EXT_COMPLEX: Final = 11
+_EXT_ZONED_DATETIME: Final = 12
+
+# Containers inside ext types nest through msgpack calls, and each level costs
+# tens of KiB of C stack: a few hundred levels would crash the reader's process.
+MAX_NESTING: Final = 32
+_nesting = threading.local()
+_INT_MIN: Final = -(2**63)
+_UINT_MAX: Final = 2**64 - 1
+_NATIVE: Final = frozenset({str, bytes, float, bool, type(None), list, dict})
 
 
 def _bigint(value: int) -> msgpack.ExtType:
@@ -90,18 +100,27 @@ def _bigint(value: int) -> msgpack.ExtType:
     return msgpack.ExtType(_EXT_BIGINT, value.to_bytes(size, "little", signed=True))
 
 
+def _plain(value: Any) -> Any:
+    """``value`` in a form msgpack packs without calling ``default`` again."""
+    kind = type(value)
+    if kind is int:
+        return value if _INT_MIN <= value <= _UINT_MAX else _bigint(value)
+    return value if kind in _NATIVE else _default(value)
+
+
 def _default(obj: Any) -> Any:
     """Called by msgpack (strict_types) for every object it has no exact type for."""
     encode = _ENCODERS.get(type(obj))
     if encode is not None:
         return encode(obj)
     # Subclasses, in the order that matters (bool and enums before int, ...).
+    # msgpack calls default once per object: what it returns must pack as is.
     if isinstance(obj, enum.Enum):
-        return obj.value
+        return _plain(obj.value)
     if isinstance(obj, bool):
         return bool(obj)
     if isinstance(obj, int):
-        return int(obj)
+        return _plain(int(obj))
     if isinstance(obj, float):
         return float(obj)
     if isinstance(obj, str):
@@ -141,6 +160,43 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, **_packer_options)  # type: ignore[no-any-return]
 
 
+def _pack_nested(obj: Any) -> bytes:
+    depth = getattr(_nesting, "pack", 0)
+    if depth >= MAX_NESTING:
+        raise ValueError(f"cannot send tuples or sets nested more than {MAX_NESTING} deep")
+    _nesting.pack = depth + 1
+    try:
+        return pack(obj)
+    finally:
+        _nesting.pack = depth
+
+
+def _unpack_nested(data: bytes) -> Any:
+    depth = getattr(_nesting, "unpack", 0)
+    if depth >= MAX_NESTING:
+        raise ProtocolError(f"values nested more than {MAX_NESTING} deep")
+    _nesting.unpack = depth + 1
+    try:
+        return unpack(data)
+    finally:
+        _nesting.unpack = depth
+
+
+def _datetime(d: _dt.datetime) -> msgpack.ExtType:
+    key = getattr(d.tzinfo, "key", None)  # a zoneinfo.ZoneInfo: keep the zone itself,
+    if isinstance(key, str):  # or a time in a DST fold would not compare equal
+        return msgpack.ExtType(_EXT_ZONED_DATETIME, pack([d.isoformat(), key]))
+    return msgpack.ExtType(_EXT_DATETIME, d.isoformat().encode())
+
+
+def _zoned_datetime(data: bytes) -> _dt.datetime:
+    import zoneinfo
+
+    iso, key = unpack(data)
+    # From the fixed offset to the zone: astimezone sets the fold right.
+    return _dt.datetime.fromisoformat(iso).astimezone(zoneinfo.ZoneInfo(key))
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     decode = _DECODERS.get(code)
     if decode is None:
@@ -163,15 +219,15 @@ _ENCODERS: Final[dict[type, Callable[[Any], Any]]] = {
     int: _bigint,  # only reached for ints msgpack cannot hold in 64 bits
     decimal.Decimal: lambda d: msgpack.ExtType(_EXT_DECIMAL, str(d).encode()),
     uuid.UUID: lambda u: msgpack.ExtType(_EXT_UUID, u.bytes),
-    _dt.datetime: lambda d: msgpack.ExtType(_EXT_DATETIME, d.isoformat().encode()),
+    _dt.datetime: _datetime,
     _dt.date: lambda d: msgpack.ExtType(_EXT_DATE, d.isoformat().encode()),
     _dt.time: lambda t: msgpack.ExtType(_EXT_TIME, t.isoformat().encode()),
     _dt.timedelta: lambda t: msgpack.ExtType(
-        _EXT_TIMEDELTA, pack((t.days, t.seconds, t.microseconds))
+        _EXT_TIMEDELTA, pack([t.days, t.seconds, t.microseconds])
     ),
-    set: lambda s: msgpack.ExtType(_EXT_SET, pack(list(s))),
-    frozenset: lambda s: msgpack.ExtType(_EXT_FROZENSET, pack(list(s))),
-    tuple: lambda t: msgpack.ExtType(_EXT_TUPLE, pack(list(t))),
+    set: lambda s: msgpack.ExtType(_EXT_SET, _pack_nested(list(s))),
+    frozenset: lambda s: msgpack.ExtType(_EXT_FROZENSET, _pack_nested(list(s))),
+    tuple: lambda t: msgpack.ExtType(_EXT_TUPLE, _pack_nested(list(t))),
     complex: lambda c: msgpack.ExtType(_EXT_COMPLEX, pack([c.real, c.imag])),
 }
 
@@ -194,10 +250,11 @@ _DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
     _EXT_DATE: lambda b: _dt.date.fromisoformat(b.decode()),
     _EXT_TIME: lambda b: _dt.time.fromisoformat(b.decode()),
     _EXT_TIMEDELTA: _timedelta,
-    _EXT_SET: lambda b: set(unpack(b)),
-    _EXT_FROZENSET: lambda b: frozenset(unpack(b)),
-    _EXT_TUPLE: lambda b: tuple(unpack(b)),
+    _EXT_SET: lambda b: set(_unpack_nested(b)),
+    _EXT_FROZENSET: lambda b: frozenset(_unpack_nested(b)),
+    _EXT_TUPLE: lambda b: tuple(_unpack_nested(b)),
     _EXT_COMPLEX: _complex,
+    _EXT_ZONED_DATETIME: _zoned_datetime,
 }
 
 

@@ -140,11 +140,6 @@ def test_errors_survive_pickling_with_their_fields(error: TarnishError, protocol
         assert getattr(back, field, None) == getattr(error, field, None), field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: SpawnError.__reduce__ passes the full message (stderr tail "
-    "included) as the message, so each pickling appends the stderr tail again",
-)
 def test_spawn_error_with_stderr_survives_pickling() -> None:
     error = SpawnError("bad program", "SyntaxError: invalid syntax\n")
     back = pickle.loads(pickle.dumps(error))

@@ -123,11 +123,6 @@ def test_adapters_validate_into_the_declared_types() -> None:
         adapters(Impl)[1].validate_python(5)  # Out is str: pydantic does not make one from an int
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: type variables nested in a type argument (Task[list[A], A]) "
-    "are not substituted by a subclass's arguments; the input validates as list[Any]",
-)
 def test_nested_type_variables_are_filled_in() -> None:
     inp, out = adapters(Finished)
     assert out.validate_python("2.5") == 2.5
@@ -136,11 +131,6 @@ def test_nested_type_variables_are_filled_in() -> None:
         inp.validate_python(["x"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a task generic only through a nested type variable "
-    "(Task[list[A], int]) is treated as concrete, with list[Any] as its input",
-)
 def test_a_nested_type_variable_makes_a_task_generic() -> None:
     with pytest.raises(TypeError, match="generic"):
         adapters(NestedOnly)
@@ -180,11 +170,6 @@ def test_missing_type_arguments_are_a_type_error_showing_the_right_form() -> Non
     assert "Task[int, str]" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: subclassing a generic intermediate task without type "
-    "arguments is accepted at class definition (it fails only when used)",
-)
 def test_bare_subclass_of_a_generic_task_is_a_type_error() -> None:
     with pytest.raises(TypeError, match=r"Task\[int, str\]"):
 

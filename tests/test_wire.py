@@ -224,11 +224,6 @@ def test_aware_datetime_keeps_its_offset_and_instant() -> None:
     assert back.isoformat() == value.isoformat()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a zoneinfo datetime in a DST fold comes back with a fixed offset, "
-    "and Python never compares such a datetime equal across zones (PEP 495)",
-)
 @pytest.mark.parametrize("fold", [0, 1])
 def test_zoneinfo_datetime_in_a_dst_fold_round_trips(fold: int) -> None:
     value = dt.datetime(2021, 11, 7, 1, 30, fold=fold, tzinfo=ZoneInfo("America/New_York"))
@@ -247,12 +242,6 @@ class HugeIntEnum(enum.IntEnum):
     HUGE = 2**70
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: an enum member whose value msgpack cannot pack by itself "
-    "(tuple, Decimal, int beyond 64 bits...) cannot be sent: _default returns .value "
-    "and msgpack (strict_types) calls default only once per object",
-)
 @pytest.mark.parametrize(
     "member", [TupleValued.ORIGIN, DecimalValued.HALF, HugeIntEnum.HUGE], ids=str
 )
@@ -728,12 +717,6 @@ def test_shallow_nested_tuples_decode_in_a_probe_process() -> None:
     assert result.returncode == 0 and "survived" in result.stdout, result.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a ~1 KiB frame of ~200 nested tuple ext types "
-    "overflows the C stack of the reader's process (segfault) instead of a "
-    "ProtocolError: each level recurses through msgpack.unpackb",
-)
 @pytest.mark.parametrize("depth", [250, 5000])
 def test_deeply_nested_ext_frames_do_not_crash_the_reader(depth: int) -> None:
     result = nested_probe(depth)
