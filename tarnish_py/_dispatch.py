@@ -17,6 +17,7 @@ ever *kill* a slot's worker (close, cancel), never read, write or reap it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import enum
 import os
 import threading
@@ -103,6 +104,17 @@ class Options:
             sys_path=None if module == "__main__" else _spawn.absolute_sys_path(),
         )
 
+    def config_now(self) -> _spawn.WorkerConfig:
+        """The config for a worker started now: it works in the parent's current folder."""
+        try:
+            cwd = os.getcwd()
+        except OSError:  # pragma: no cover - the current folder was deleted
+            cwd = None
+        if cwd == self.config.cwd:
+            return self.config
+        self.config = dataclasses.replace(self.config, cwd=cwd)
+        return self.config
+
 
 class Slot:
     """One worker position: a Conn that is replaced whenever it fails."""
@@ -132,7 +144,7 @@ class Slot:
         if self._closing:
             return
         try:
-            popen = _spawn.start(self._options.config, self._options.argv)
+            popen = _spawn.start(self._options.config_now(), self._options.argv)
         except SpawnError as exc:
             self._spawn_error = exc
             return

@@ -38,6 +38,14 @@ __all__ = ["MARKER", "WorkerConfig", "command_for", "start", "watchdog"]
 MARKER = "TARNISH_PY_WORKER"
 
 _POSIX = os.name == "posix"
+
+# Where the program started (as near as we can tell: when tarnish_py was first
+# imported). Relative paths of the command line and of sys.path mean this
+# folder, even after the program has changed directory.
+try:
+    START_CWD = os.getcwd()
+except OSError:  # pragma: no cover - started in a deleted folder
+    START_CWD = os.path.abspath(os.sep)
 _F_SETPIPE_SZ = 1031  # Linux
 _PIPE_SIZE = 1 << 20
 
@@ -51,6 +59,7 @@ class WorkerConfig:
     max_message_bytes: int
     parent_pid: int
     sys_path: tuple[str, ...] | None = None  # set for importable tasks only
+    cwd: str | None = None  # the folder the worker works in (the parent's, at spawn)
 
     def dumps(self) -> str:
         return json.dumps(
@@ -60,6 +69,7 @@ class WorkerConfig:
                 "max": self.max_message_bytes,
                 "parent": self.parent_pid,
                 "path": list(self.sys_path) if self.sys_path is not None else None,
+                "cwd": self.cwd,
             }
         )
 
@@ -73,6 +83,7 @@ class WorkerConfig:
             max_message_bytes=int(d["max"]),
             parent_pid=int(d["parent"]),
             sys_path=tuple(path) if path is not None else None,
+            cwd=d.get("cwd"),
         )
 
 
@@ -158,12 +169,12 @@ def _reexec_argv(task_name: str) -> list[str]:
         main_file = getattr(main_mod, "__file__", None)
         if main_file is None:
             raise _cannot_reexec(task_name, "an interactive session")
-        # __main__.__file__ is absolute (3.9+), unlike argv: the program may have
-        # changed directory since it started. A directory or zip keeps its own path.
-        path = main_file if os.path.isfile(target) or not os.path.exists(target) else target
-        if os.path.basename(path) == "__main__.py" and os.path.isdir(target):
-            path = target
-        return [sys.executable, *opts, os.path.abspath(path), *args]
+        # argv is relative to where the program started, which may no longer be
+        # the current folder. A directory or zip app is run as itself.
+        path = os.path.join(START_CWD, target)
+        if not os.path.exists(path):
+            path = os.path.abspath(main_file)
+        return [sys.executable, *opts, path, *args]
     if mode == "-m" and target is not None:
         if spec is None or spec.name not in (target, target + ".__main__"):
             # e.g. Jupyter: started as "-m ipykernel_launcher", __main__ is the notebook.
@@ -192,8 +203,7 @@ def command_for(module: str, task_name: str) -> list[str]:
 
 def absolute_sys_path() -> tuple[str, ...]:
     """The parent's ``sys.path`` as the worker needs it (notebooks change it at run time)."""
-    cwd = os.getcwd()
-    return tuple(os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys.path)
+    return tuple(os.path.normpath(os.path.join(START_CWD, p)) for p in sys.path)
 
 
 # ---------------------------------------------------------------------------
@@ -220,6 +230,9 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
         raise SpawnError("tarnish_py workers need a POSIX system (Linux, macOS) for now")
     env = dict(os.environ)
     env[MARKER] = config.dumps()
+    # A re-executed program starts where the parent started, so that "-m pkg" and
+    # relative paths resolve as they did; the worker then moves to config.cwd.
+    start_in = START_CWD if config.module == "__main__" else None
     kwargs: dict[str, Any] = {}
     if _POSIX:
         kwargs["start_new_session"] = True  # own group: Ctrl-C and killpg stay apart
@@ -234,6 +247,7 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
             env=env,
             close_fds=True,
             bufsize=0,
+            cwd=start_in,
             **kwargs,
         )
     except OSError as exc:

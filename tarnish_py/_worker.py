@@ -57,6 +57,11 @@ def adopt_channel() -> None:
     if raw is None or config is not None:
         return
     config = WorkerConfig.loads(raw)
+    if config.cwd is not None:
+        try:
+            os.chdir(config.cwd)
+        except OSError:
+            pass
     _channel_in = os.dup(0)  # os.dup makes non-inheritable fds
     _channel_out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)

@@ -99,23 +99,11 @@ EXPECTED_PARENT = {
 }
 
 
-BUGS = {
-    "module-then-chdir": pytest.mark.xfail(
-        strict=True,
-        reason="library bug: after `python -m pkg.mod` and os.chdir(), the worker re-runs "
-        "`-m pkg.mod` in the new folder, where pkg cannot be found",
-    ),
-    "directory-then-chdir": pytest.mark.xfail(
-        strict=True,
-        reason="library bug: after `python appdir` and os.chdir(), the worker runs "
-        "appdir/__main__.py as a plain script (sys.argv[0] and __main__.__spec__ differ)",
-    ),
-}
 
 
 @pytest.mark.parametrize(
     "mode",
-    [pytest.param(m, marks=BUGS[m]) if m in BUGS else m for m in MODES],
+    list(MODES),
 )
 def test_worker_runs_the_program_the_way_it_was_started(run_script, mode: str) -> None:
     name, python_args, args, chdir = MODES[mode]
@@ -134,11 +122,6 @@ def test_worker_runs_the_program_the_way_it_was_started(run_script, mode: str) -
     assert {k: worker[k] for k in parent} == parent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: `python app.pyz` re-executes app.pyz/__main__.py, a path inside "
-    "the zip that python cannot run",
-)
 @pytest.mark.parametrize("chdir", [pytest.param("", id="same-dir"), pytest.param("/", id="chdir")])
 def test_worker_of_a_zipapp(run_script, tmp_path: Path, chdir: str) -> None:
     with zipfile.ZipFile(tmp_path / "app.pyz", "w") as zf:
@@ -259,23 +242,11 @@ IMPORTABLE_STARTS = {
     "command-then-chdir": (["-c", "<source>"], False, "/"),
     "stdin-then-chdir": (["-"], True, "/"),
 }
-IMPORTABLE_BUGS = {
-    name: pytest.mark.xfail(
-        strict=True,
-        reason="library bug: sys.path entry '' (the start folder of a -c or stdin program) "
-        "is resolved against the folder at spawn time, so the worker cannot import the "
-        "task's module after the parent changed directory",
-    )
-    for name in ("command-then-chdir", "stdin-then-chdir")
-}
 
 
 @pytest.mark.parametrize(
     "start",
-    [
-        pytest.param(m, marks=IMPORTABLE_BUGS[m]) if m in IMPORTABLE_BUGS else m
-        for m in IMPORTABLE_STARTS
-    ],
+    list(IMPORTABLE_STARTS),
 )
 def test_importable_task_keeps_flags_and_finds_its_module(run_script, start: str) -> None:
     python_args, from_stdin, chdir = IMPORTABLE_STARTS[start]
