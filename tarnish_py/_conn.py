@@ -268,6 +268,12 @@ class Conn:
                 except OSError:
                     pass
         self._pump.join(_PUMP_JOIN)
+        # An exception raised from this call keeps this Conn alive through its
+        # traceback: let go of the buffers now.
+        self._buf = bytearray()
+        self._inbox.clear()
+        self._reader = _wire.FrameReader(1)
+        self._poll_in = None
         return self.returncode
 
     def stderr_tail(self) -> str:

@@ -27,7 +27,7 @@ from typing_extensions import ParamSpec, TypedDict
 
 from ._pool import ProcessPool
 from ._process import DEFAULT_SPAWN_TIMEOUT, Process
-from ._task import Task
+from ._task import Task, adapters
 from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["IsolatedFunction", "task", "task_for_label"]
@@ -119,22 +119,30 @@ class IsolatedFunction(Generic[P, R]):
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def _worker(self) -> Process[Any, Any]:
+    def _worker(self, arguments: dict[str, Any]) -> Process[Any, Any]:
+        process = self._process
+        if process is not None and not process.closed:
+            return process
+        # Bad arguments fail here, before a worker is started for nothing.
+        adapters(self.task_class)[0].validate_python(arguments)
         with self._lock:
             if self._process is None or self._process.closed:
                 self._process = Process(self.task_class, **self._options)
             return self._process
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._worker().call(self._arguments(args, kwargs))  # type: ignore[no-any-return]
+        arguments = self._arguments(args, kwargs)
+        return self._worker(arguments).call(arguments)  # type: ignore[no-any-return]
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> cf.Future[R]:
         """Start a call; its Future at once."""
-        return self._worker().submit(self._arguments(args, kwargs))
+        arguments = self._arguments(args, kwargs)
+        return self._worker(arguments).submit(arguments)
 
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call for asyncio: awaits without blocking the event loop."""
-        return await self._worker().acall(self._arguments(args, kwargs))  # type: ignore[no-any-return]
+        arguments = self._arguments(args, kwargs)
+        return await self._worker(arguments).acall(arguments)  # type: ignore[no-any-return]
 
     def map(
         self,

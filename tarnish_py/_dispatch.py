@@ -124,6 +124,10 @@ class Slot:
         self.busy = False
         self.kill_reason: _Kill | None = None
         self.driver: _Driver | None = None
+        # The submitted call running here, so that cancelling one call never
+        # kills the next: a cancel acts only while its own call is in flight.
+        self.job_lock = threading.Lock()
+        self.current_job: _Job | None = None
         self._options = options
         self._conn: Conn | None = None
         self._spawn_error: SpawnError | None = None
@@ -228,6 +232,7 @@ class Slot:
         if reason is _Kill.CLOSE:
             return ClosedError("the handle was closed while the call was running")
         if reason is _Kill.CANCEL:
+            self.kill_reason = None  # handled: the replacement is not to be killed
             return cf.CancelledError()
         if conn.outlived_eof:
             return ProtocolError("the worker closed its channel but kept running; it was killed")
@@ -256,6 +261,25 @@ class Slot:
         conn = self._conn
         if conn is not None:
             conn.kill()
+
+    def cancel_job(self, job: _Job) -> None:
+        """From any thread: kill the worker if (and only if) ``job`` is running on it."""
+        with self.job_lock:
+            if self.current_job is job:
+                self.kill(_Kill.CANCEL)
+
+    def end_job(self) -> None:
+        """The holder, after a submitted call: a cancel that landed late (after the
+        reply) has killed the worker, which must not serve the next call."""
+        with self.job_lock:
+            self.current_job = None
+            late_cancel = self.kill_reason is _Kill.CANCEL
+        if late_cancel:
+            self.kill_reason = None
+            conn = self._conn
+            if conn is not None:
+                conn.kill()
+                self._replace(conn)
 
     def begin_shutdown(self) -> None:
         """Ask the (idle) worker to exit; the holder calls this."""
@@ -291,10 +315,22 @@ class CallFuture(cf.Future):  # type: ignore[type-arg]
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
         if kill is not None:
-            kill()
+            kill()  # before the callbacks, which may take their time
+        self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
+
+
+def _settle(future: CallFuture, result: Any = None, error: BaseException | None = None) -> None:
+    if future.cancelled():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except cf.InvalidStateError:
+        pass  # cancelled meanwhile: the outcome goes nowhere
 
 
 class _Job:
@@ -325,7 +361,7 @@ class _Driver(threading.Thread):
         self._slot = slot
         self._cond = threading.Condition(threading.Lock())
         self._job: _Job | None = None
-        self._stop = False
+        self._stopping = False  # not _stop: that would hide Thread._stop
 
     def give(self, job: _Job) -> None:
         with self._cond:
@@ -334,21 +370,24 @@ class _Driver(threading.Thread):
 
     def stop(self) -> None:
         with self._cond:
-            self._stop = True
+            self._stopping = True
             self._cond.notify()
 
     def run(self) -> None:
         while True:
             with self._cond:
-                while self._job is None and not self._stop:
+                while self._job is None and not self._stopping:
                     self._cond.wait()
                 if self._job is None:
                     return
                 job, self._job = self._job, None
             next_job: _Job | None = job
             while next_job is not None:
-                self._dispatcher.run_job(self._slot, next_job)
+                settle = self._dispatcher.run_job(self._slot, next_job)
+                # Free the slot before the Future's callbacks run: one of them may
+                # well close the handle, or make another call.
                 next_job = self._dispatcher.release(self._slot, driver=self)
+                settle()
 
 
 class Dispatcher:
@@ -441,13 +480,20 @@ class Dispatcher:
                 self._driver(slot).give(waiter)
                 return None
             slot.busy = False
-            self._cond.notify_all()
+            if self._state is not _State.OPEN:
+                self._cond.notify_all()  # close() is waiting for the slot
         return None
 
     def _start_job(self, slot: Slot, job: _Job) -> bool:
         slot.kill_reason = None
-        job.future._on_cancel_running = lambda: slot.kill(_Kill.CANCEL)
-        return job.future.set_running_or_notify_cancel()
+        with slot.job_lock:
+            slot.current_job = job
+        job.future._on_cancel_running = lambda: slot.cancel_job(job)
+        if job.future.set_running_or_notify_cancel():
+            return True
+        with slot.job_lock:
+            slot.current_job = None
+        return False
 
     def _driver(self, slot: Slot) -> _Driver:
         if slot.driver is None:
@@ -483,22 +529,20 @@ class Dispatcher:
             self.release(slot)
         return job.future
 
-    def run_job(self, slot: Slot, job: _Job) -> None:
+    def run_job(self, slot: Slot, job: _Job) -> Callable[[], None]:
+        """Run a submitted call on ``slot``; return what settles its Future."""
         future = job.future
         timeout = job.timeout if job.timeout is not None else self.options.timeout
         try:
-            result = self._out.validate_python(slot.call(job.payload, timeout))
-        except BaseException as exc:
-            if not future.cancelled():
-                try:
-                    future.set_exception(exc)
-                except cf.InvalidStateError:
-                    pass
-        else:
             try:
-                future.set_result(result)
-            except cf.InvalidStateError:
-                pass  # cancelled while the result came back
+                raw = slot.call(job.payload, timeout)
+            finally:
+                slot.end_job()
+            result = self._out.validate_python(raw)
+        except BaseException as exc:
+            error = exc
+            return lambda: _settle(future, error=error)
+        return lambda: _settle(future, result=result)
 
     # -- closing -----------------------------------------------------------
 
@@ -516,6 +560,27 @@ class Dispatcher:
             self._state = _State.CLOSING
             queued = list(self._waiters)
             self._waiters.clear()
+        owned: list[Slot] = []
+        try:
+            self._fail_queued(queued)
+            self._shut_down(timeout, owned)
+        except BaseException:
+            # Interrupted (Ctrl-C): nothing graceful is left to wait for.
+            for slot in self.slots:
+                slot.kill(_Kill.CLOSE)
+            for slot in owned:
+                slot.end_shutdown(time.monotonic())
+            raise
+        finally:
+            for slot in self.slots:
+                if slot.driver is not None:
+                    slot.driver.stop()
+            with self._cond:
+                self._state = _State.CLOSED
+                self._cond.notify_all()
+            _live.discard(self)
+
+    def _fail_queued(self, queued: list[_Waiter | _Job]) -> None:
         for waiter in queued:
             if isinstance(waiter, _Waiter):
                 waiter.event.set()  # slot None: ClosedError in acquire()
@@ -526,9 +591,11 @@ class Dispatcher:
                     )
                 except cf.InvalidStateError:
                     pass
+    def _shut_down(self, timeout: float | None, owned: list[Slot]) -> None:
+        """Take every slot as its call ends (killing those past the deadline), then
+        ask each worker to exit and reap it."""
         grace = self.options.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + grace
-        owned: list[Slot] = []
         killed = False
         with self._cond:
             while True:
@@ -552,13 +619,6 @@ class Dispatcher:
             slot.begin_shutdown()
         for slot in owned:
             slot.end_shutdown(deadline if not killed else time.monotonic())
-        for slot in self.slots:
-            if slot.driver is not None:
-                slot.driver.stop()
-        with self._cond:
-            self._state = _State.CLOSED
-            self._cond.notify_all()
-        _live.discard(self)
 
 
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from ._errors import SpawnError
 
@@ -233,11 +232,6 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
     # A re-executed program starts where the parent started, so that "-m pkg" and
     # relative paths resolve as they did; the worker then moves to config.cwd.
     start_in = START_CWD if config.module == "__main__" else None
-    kwargs: dict[str, Any] = {}
-    if _POSIX:
-        kwargs["start_new_session"] = True  # own group: Ctrl-C and killpg stay apart
-    else:  # pragma: no cover - Windows
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
     try:
         popen = subprocess.Popen(
             argv,
@@ -248,7 +242,7 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
             close_fds=True,
             bufsize=0,
             cwd=start_in,
-            **kwargs,
+            start_new_session=True,  # own group: Ctrl-C and killpg stay apart
         )
     except OSError as exc:
         raise SpawnError(f"cannot start a worker process ({argv[0]}): {exc}") from exc

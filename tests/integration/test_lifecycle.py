@@ -171,11 +171,6 @@ def parent():
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: close() from a Future's done-callback waits for the slot its own "
-    "(driver) thread still holds: shutdown_timeout + 10 s, then SIGKILL (Task.close skipped)",
-)
 def test_close_from_a_done_callback(run_script: ScriptRunner, tmp_path: Path) -> None:
     """The call has finished when its callback runs: nothing is left to wait for."""
     (facts,) = run(

@@ -116,15 +116,7 @@ def parent():
         "propagate",
         "call-again",
         "asyncio-call-again",
-        pytest.param(
-            "during-close",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library bug: KeyboardInterrupt inside close() leaves the handle "
-                "CLOSING for ever; the exit hook's close() then waits for CLOSED and the "
-                "program hangs at exit",
-            ),
-        ),
+        "during-close",
     ],
 )
 def test_ctrl_c_interrupts_the_parent_only(tmp_path: Path, after: str) -> None:

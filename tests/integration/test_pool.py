@@ -581,12 +581,6 @@ def parent():
     assert rec["busy_pids"] == rec["before"] == rec["after"] == rec["served"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: CallFuture.cancel() kills the slot's worker only after running "
-    "the done-callbacks; by then the slot may run the next queued call, which is killed "
-    "and fails with CancelledError though nobody cancelled it",
-)
 def test_cancel_running_future_never_kills_the_next_call(run_script) -> None:
     rec = one(
         run_script,
@@ -600,7 +594,8 @@ def parent():
         victim.add_done_callback(lambda f: time.sleep(1.0))  # a slow done-callback
         cancel = victim.cancel()
         try:
-            innocent_outcome = innocent.result(timeout=30) == worker
+            # It ran to its end: on a fresh worker if the cancel killed the victim's.
+            innocent_outcome = isinstance(innocent.result(timeout=30), int) and worker > 0
         except BaseException as e:
             innocent_outcome = type(e).__name__
         emit(cancel=cancel, innocent=innocent_outcome,

@@ -657,11 +657,6 @@ def parent():
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: cancel() of a running call whose reply is already in kills the "
-    "worker under the next call (WorkerCrashed or CancelledError for a call nobody cancelled)",
-)
 @pytest.mark.parametrize("late_kill", [False, True], ids=["next_call", "kill_lands_mid_call"])
 def test_cancel_after_the_reply_leaves_the_next_call_alone(run_script, late_kill: bool) -> None:
     """Cancelling a submitted call while the parent validates its reply: the future is
@@ -700,11 +695,6 @@ def parent():
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a kept WorkerCrashed pins its dead worker's Conn (a 256 KiB "
-    "read buffer) through the traceback's frames",
-)
 def test_kept_errors_do_not_pin_dead_workers(run_script) -> None:
     """map(..., return_exceptions=True) keeps one WorkerCrashed per crashed input: that
     should cost the error's own data (a stderr tail, a traceback), not a dead worker."""
