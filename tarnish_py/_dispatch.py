@@ -132,6 +132,7 @@ class Slot:
         self._conn: Conn | None = None
         self._spawn_error: SpawnError | None = None
         self._next_id = 0
+        self._pack = _wire.packer()  # one holder at a time: a reused Packer is safe
         self._closing = False
 
     @property
@@ -183,7 +184,7 @@ class Slot:
         conn = self.ready()
         self._next_id += 1
         call_id = self._next_id
-        packed = _wire.pack([_wire.CALL, call_id, payload])
+        packed = self._pack([_wire.CALL, call_id, payload])
         limit = self._options.max_message_bytes
         if len(packed) > limit:
             raise ValueError(
@@ -398,10 +399,15 @@ class Dispatcher:
         options: Options,
         size: int,
         adapters: tuple[TypeAdapter[Any], TypeAdapter[Any]],
+        in_type: Any = None,
+        out_type: Any = None,
     ) -> None:
         self.options = options
         self.slots = [Slot(i, options) for i in range(size)]
         self._in, self._out = adapters
+        self._dump_in = _wire.dumper(self._in, in_type)
+        # A plain Out (int, str, bytes...) was validated in the worker and arrives as is.
+        self._plain_out = _wire.is_plain(out_type)
         self._cond = threading.Condition(threading.Lock())
         self._waiters: deque[_Waiter | _Job] = deque()
         self._next = 0  # round-robin position
@@ -504,16 +510,20 @@ class Dispatcher:
     # -- calls -------------------------------------------------------------
 
     def call(self, value: Any, timeout: float | None) -> Any:
-        payload = self._in.dump_python(self._in.validate_python(value))
+        payload = self._in.validate_python(value)
+        if self._dump_in is not None:
+            payload = self._dump_in(payload)
         slot = self.acquire()
         try:
             raw = slot.call(payload, timeout if timeout is not None else self.options.timeout)
         finally:
             self.release(slot)
-        return self._out.validate_python(raw)
+        return raw if self._plain_out else self._out.validate_python(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
-        payload = self._in.dump_python(self._in.validate_python(value))
+        payload = self._in.validate_python(value)
+        if self._dump_in is not None:
+            payload = self._dump_in(payload)
         job = _Job(CallFuture(), payload, timeout)
         with self._cond:
             if self._state is not _State.OPEN:

@@ -61,6 +61,7 @@ class ProcessPool(_Handle[In, Out]):
             name,
             size,
             adapters(task),
+            task._tarnish_types or (None, None),
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             spawn_timeout=spawn_timeout,

@@ -50,6 +50,7 @@ class _Handle(Generic[In, Out]):
         name: str,
         size: int,
         task_adapters: Any,
+        task_types: tuple[Any, Any],
         *,
         timeout: float | None,
         shutdown_timeout: float,
@@ -64,7 +65,7 @@ class _Handle(Generic[In, Out]):
             spawn_timeout=spawn_timeout,
             max_message_bytes=max_message_bytes,
         )
-        dispatcher = Dispatcher(options, size, task_adapters)
+        dispatcher = Dispatcher(options, size, task_adapters, *task_types)
         self._dispatcher = dispatcher
         # The finalizer holds the dispatcher, never the handle (or it would live forever).
         self._finalizer = weakref.finalize(self, dispatcher.close)
@@ -146,6 +147,7 @@ class Process(_Handle[In, Out]):
             name,
             1,
             adapters(task),
+            task._tarnish_types or (None, None),
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             spawn_timeout=spawn_timeout,

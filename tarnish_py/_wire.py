@@ -59,6 +59,8 @@ __all__ = [
     "frame_limit",
     "frame_packed",
     "pack",
+    "packer",
+    "dumper",
     "unpack",
 ]
 
@@ -158,6 +160,24 @@ _packer_options: Final[dict[str, Any]] = {
 def pack(obj: Any) -> bytes:
     """msgpack-encode ``obj`` with the ext types of this module."""
     return msgpack.packb(obj, **_packer_options)  # type: ignore[no-any-return]
+
+
+def packer() -> Callable[[Any], bytes]:
+    """A faster :func:`pack` for one thread at a time (it reuses one msgpack Packer)."""
+    return msgpack.Packer(autoreset=True, **_packer_options).pack  # type: ignore[no-any-return]
+
+
+_PLAIN_TYPES: Final = frozenset({int, str, bytes, float, bool})
+
+
+def is_plain(tp: Any) -> bool:
+    """Whether values of ``tp`` cross the wire unchanged (no dump, no re-validation)."""
+    return tp in _PLAIN_TYPES
+
+
+def dumper(adapter: Any, tp: Any) -> Callable[[Any], Any] | None:
+    """``adapter.dump_python``, or None where a validated value is already plain."""
+    return None if tp in _PLAIN_TYPES else adapter.dump_python
 
 
 def _pack_nested(obj: Any) -> bytes:

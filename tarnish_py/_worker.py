@@ -170,15 +170,18 @@ def serve() -> NoReturn:
             + _format_exception(exc)
         )
     _write(b"\x00" + _wire.encode_frame([_wire.HELLO, _wire.PROTOCOL_VERSION, os.getpid()]))
-    _loop(instance, in_adapter, out_adapter, config.max_message_bytes)
+    _loop(instance, in_adapter, out_adapter, task_cls._tarnish_types, config.max_message_bytes)
 
 
-def _loop(instance: Task[Any, Any], in_adapter: Any, out_adapter: Any, limit: int) -> NoReturn:
+def _loop(
+    instance: Task[Any, Any], in_adapter: Any, out_adapter: Any, types: Any, limit: int
+) -> NoReturn:
     reader = _wire.FrameReader(limit)
     buf = bytearray(1 << 16)
+    pack = _wire.packer()
     validate_in = in_adapter.validate_python
     validate_out = out_adapter.validate_python
-    dump_out = out_adapter.dump_python
+    dump_out = _wire.dumper(out_adapter, types[1] if types else None)
     run = instance.run
     while True:
         try:
@@ -192,8 +195,10 @@ def _loop(instance: Task[Any, Any], in_adapter: Any, out_adapter: Any, limit: in
             if kind == _wire.CALL:
                 call_id = message[1]
                 try:
-                    result = dump_out(validate_out(run(validate_in(message[2]))))
-                    reply = _wire.pack([_wire.RESULT, call_id, result])
+                    result = validate_out(run(validate_in(message[2])))
+                    if dump_out is not None:
+                        result = dump_out(result)
+                    reply = pack([_wire.RESULT, call_id, result])
                     if len(reply) > limit:
                         raise ValueError(
                             f"the result takes {len(reply)} bytes, more than "
