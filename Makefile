@@ -3,17 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck bench soak fuzz clean
+.PHONY: demo test lint bench soak clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$*]"
 	touch $@
 
 $(VENV)/.installed-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
@@ -35,5 +33,6 @@ bench: $(VENV)/.installed-bench
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
+# The long soak: 20,000 calls on a pool of 2 from 4 threads, 1 % random crashes.
 soak: $(VENV)/.installed-test
 	$(PY) tests/reliability/soak.py --calls 20000 --seed 1
