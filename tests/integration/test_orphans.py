@@ -84,8 +84,14 @@ class Slow(Task[float, str]):
         time.sleep(seconds)
         return "slept"
 
+def call_until_closed(p):
+    try:
+        p.call(60)
+    except tarnish_py.ClosedError:
+        print("CALL CLOSED", flush=True)  # the running call's fate when close() is cut short
+
 def interrupted_in_close(p):
-    threading.Thread(target=p.call, args=(60,), daemon=True).start()
+    threading.Thread(target=call_until_closed, args=(p,), daemon=True).start()
     sys.stdin.readline()  # the test saw the call running
     print("CLOSING", flush=True)
     p.close()  # waits up to shutdown_timeout for the running call
