@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, overload
 
-from ._process import DEFAULT_SPAWN_TIMEOUT, _Handle, task_location
-from ._task import In, Out, Task, adapters
+from ._process import DEFAULT_SPAWN_TIMEOUT, _Handle
+from ._task import In, Out, Task
 from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["ProcessPool"]
@@ -55,13 +55,9 @@ class ProcessPool(_Handle[In, Out]):
             size = os.cpu_count() or 1
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, not {size!r}")
-        module, name = task_location(task)
         self._start(
-            module,
-            name,
+            task,
             size,
-            adapters(task),
-            task._tarnish_types or (None, None),
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             spawn_timeout=spawn_timeout,

@@ -44,28 +44,12 @@ class _Handle(Generic[In, Out]):
 
     _dispatcher: Dispatcher
 
-    def _start(
-        self,
-        module: str,
-        name: str,
-        size: int,
-        task_adapters: Any,
-        task_types: tuple[Any, Any],
-        *,
-        timeout: float | None,
-        shutdown_timeout: float,
-        spawn_timeout: float,
-        max_message_bytes: int,
-    ) -> None:
-        options = Options(
-            module,
-            name,
-            timeout=timeout,
-            shutdown_timeout=shutdown_timeout,
-            spawn_timeout=spawn_timeout,
-            max_message_bytes=max_message_bytes,
-        )
-        dispatcher = Dispatcher(options, size, task_adapters, *task_types)
+    def _start(self, task: type[Task[In, Out]], size: int, **settings: Any) -> None:
+        """Start ``size`` workers for ``task``; ``settings`` are the handle's keywords."""
+        module, name = task_location(task)
+        options = Options(module, name, **settings)
+        task_types = task._tarnish_types or (None, None)
+        dispatcher = Dispatcher(options, size, adapters(task), *task_types)
         self._dispatcher = dispatcher
         # The finalizer holds the dispatcher, never the handle (or it would live forever).
         self._finalizer = weakref.finalize(self, dispatcher.close)
@@ -141,13 +125,9 @@ class Process(_Handle[In, Out]):
         spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        module, name = task_location(task)
         self._start(
-            module,
-            name,
+            task,
             1,
-            adapters(task),
-            task._tarnish_types or (None, None),
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             spawn_timeout=spawn_timeout,
