@@ -287,16 +287,21 @@ class _Watchdog:
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = 0
 
-    def _ensure(self) -> int | None:
+    def _live_fd(self) -> int | None:
+        """The pipe to this process's own watchdog, if it is running."""
         proc = self._proc
-        if proc is not None and self._owner == os.getpid() and proc.poll() is None:
-            assert proc.stdin is not None
-            return proc.stdin.fileno()
+        if proc is None or proc.stdin is None or self._owner != os.getpid():
+            return None
+        return proc.stdin.fileno() if proc.poll() is None else None
+
+    def _ensure(self) -> int | None:
+        fd = self._live_fd()
+        if fd is not None:
+            return fd
         with self._lock:
-            if self._proc is not None and self._owner == os.getpid():
-                if self._proc.poll() is None:
-                    assert self._proc.stdin is not None
-                    return self._proc.stdin.fileno()
+            fd = self._live_fd()
+            if fd is not None:
+                return fd
             try:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-S", "-E", "-c", _WATCHDOG_SOURCE],

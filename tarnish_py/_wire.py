@@ -180,26 +180,26 @@ def dumper(adapter: Any, tp: Any) -> Callable[[Any], Any] | None:
     return None if tp in _PLAIN_TYPES else adapter.dump_python
 
 
-def _pack_nested(obj: Any) -> bytes:
-    depth = getattr(_nesting, "pack", 0)
+def _nested(step: Callable[[Any], Any], value: Any, too_deep: Exception) -> Any:
+    """``step(value)`` one container level deeper, refused past MAX_NESTING."""
+    counter = step.__name__  # "pack" and "unpack" count apart
+    depth = getattr(_nesting, counter, 0)
     if depth >= MAX_NESTING:
-        raise ValueError(f"cannot send tuples or sets nested more than {MAX_NESTING} deep")
-    _nesting.pack = depth + 1
+        raise too_deep
+    setattr(_nesting, counter, depth + 1)
     try:
-        return pack(obj)
+        return step(value)
     finally:
-        _nesting.pack = depth
+        setattr(_nesting, counter, depth)
+
+
+def _pack_nested(obj: Any) -> bytes:
+    error = ValueError(f"cannot send tuples or sets nested more than {MAX_NESTING} deep")
+    return _nested(pack, obj, error)  # type: ignore[no-any-return]
 
 
 def _unpack_nested(data: bytes) -> Any:
-    depth = getattr(_nesting, "unpack", 0)
-    if depth >= MAX_NESTING:
-        raise ProtocolError(f"values nested more than {MAX_NESTING} deep")
-    _nesting.unpack = depth + 1
-    try:
-        return unpack(data)
-    finally:
-        _nesting.unpack = depth
+    return _nested(unpack, data, ProtocolError(f"values nested more than {MAX_NESTING} deep"))
 
 
 def _datetime(d: _dt.datetime) -> msgpack.ExtType:
@@ -341,14 +341,16 @@ class FrameReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Add ``data``; return the messages it completed, oldest first."""
+        if isinstance(data, memoryview):
+            data = data.tobytes()
         buf = self._buf
         if not buf:
             # Fast path: one whole frame in one read (the common case for calls).
-            end = data.find(b"\x00") if not isinstance(data, memoryview) else -2
+            end = data.find(b"\x00")
             if end == len(data) - 1 and end > 0:
                 if end > self._limit:
                     raise ProtocolError(self._too_long(end))
-                return [self._decode(bytes(data[:end]))]
+                return [self._decode(data[:end])]
         buf += data
         messages: list[Any] = []
         start = 0
