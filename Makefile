@@ -21,11 +21,13 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	$(PY) -m ruff check tarnish_py tests examples benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m mypy tarnish_py examples
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check tarnish_py tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

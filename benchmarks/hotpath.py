@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tarnish_py
-from tarnish_py import _wire
+from tarnish_py import _protocol, _wire
 
 __all__ = ["cpu_split", "steps"]
 
@@ -38,9 +38,9 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
     echo_cls: Any = _task_of(process)
     ta_in, ta_out = adapters(echo_cls)
     dispatcher: Any = getattr(process, "_dispatcher", None)
-    packed_call = _wire.pack([_wire.CALL, 12345, 1])
+    packed_call = _wire.pack([_protocol.CALL, 12345, 1])
     frame_call = _wire.frame_packed(packed_call)
-    packed_result = _wire.pack([_wire.RESULT, 12345, 1])
+    packed_result = _wire.pack([_protocol.RESULT, 12345, 1])
     frame_result = _wire.frame_packed(packed_result)
     reader = _wire.FrameReader()
     buf = bytearray(1 << 16)
@@ -68,7 +68,7 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
         if dispatcher is not None:
             add("parent", "take + give back the slot (lock, round-robin)", dispatch)
         add("parent", "msgpack pack [CALL, id, value]",
-            lambda: _wire.pack([_wire.CALL, 12345, 1]))
+            lambda: _wire.pack([_protocol.CALL, 12345, 1]))
         add("parent", "COBS encode + terminator", lambda: _wire.frame_packed(packed_call))
         add("both", "write + read syscalls of one message, no wake-up", syscalls)
         add("worker", "FrameReader.feed (slice, find, COBS decode, unpack)",
@@ -78,7 +78,7 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
         add("worker", "validate + dump output",
             lambda: ta_out.dump_python(ta_out.validate_python(1)))
         add("worker", "msgpack pack [RESULT, id, value]",
-            lambda: _wire.pack([_wire.RESULT, 12345, 1]))
+            lambda: _wire.pack([_protocol.RESULT, 12345, 1]))
         add("worker", "COBS encode + terminator", lambda: _wire.frame_packed(packed_result))
         add("parent", "FrameReader.feed of the reply",
             lambda: reader.feed(bytearray(frame_result)))
@@ -90,13 +90,13 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
 
 
 def _task_of(process: tarnish_py.Process[Any, Any]) -> type:
-    """The Task class behind a Process, found through its options (a private detail)."""
+    """The Task class behind a Process, found through its worker spec (a private detail)."""
     import sys
 
-    options = process._dispatcher.options
-    module = sys.modules[options.config.module]
+    config = process._dispatcher.spec.config
+    module = sys.modules[config.module]
     obj: Any = module
-    for part in options.config.name.split("."):
+    for part in config.name.split("."):
         obj = getattr(obj, part)
     return obj  # type: ignore[no-any-return]
 

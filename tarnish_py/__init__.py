@@ -5,10 +5,10 @@ processes; a segfault, abort, stack overflow or hang fails one call with a
 clear error and the caller keeps a fresh worker.
 """
 
-from . import _worker
+from . import _boot
 
 # In a worker, move stdout off the channel before anything else can print.
-_worker.adopt_channel()
+_boot.adopt_channel()
 
 from ._decorator import task  # noqa: E402
 from ._errors import (  # noqa: E402

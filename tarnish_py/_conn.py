@@ -10,6 +10,8 @@ Only the thread that holds a Conn (the dispatcher guarantees one at a time)
 reads, writes, reaps and closes it. Any thread may :meth:`Conn.kill` it: that
 only SIGKILLs the process group while its leader is unreaped (so the group id
 cannot have been recycled); the holder then sees EOF and reaps.
+
+A Conn raises only the private errors below; ``_slot`` says what they mean.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import time
 from collections import deque
 from typing import Any
 
-from . import _wire
-from ._errors import SpawnError
-from ._spawn import watchdog
+from . import _protocol, _wire
+from ._boot import write_all
+from ._errors import ProtocolError
+from ._watchdog import watchdog
 
-__all__ = ["Conn", "Deadline", "Eof", "describe_exit"]
+__all__ = ["BadMessage", "Conn", "Deadline", "Eof", "Refused"]
 
 _READ_SIZE = 1 << 18
 _TAIL_BYTES = 1 << 15
@@ -44,14 +47,12 @@ class Deadline(Exception):
     """A deadline passed while waiting on the worker."""
 
 
-def describe_exit(returncode: int | None) -> tuple[int | None, str | None]:
-    """(exitcode, signal name) of a finished worker."""
-    if returncode is not None and returncode < 0:
-        try:
-            return returncode, signal.Signals(-returncode).name
-        except ValueError:
-            return returncode, f"signal {-returncode}"
-    return returncode, None
+class BadMessage(Exception):
+    """The worker sent bytes that are not a message of the protocol."""
+
+
+class Refused(Exception):
+    """The worker said it cannot serve (Fatal), or speaks another protocol version."""
 
 
 class StderrPump(threading.Thread):
@@ -88,9 +89,7 @@ class StderrPump(threading.Thread):
 def forward(data: bytes) -> None:
     """Write a worker's output to the parent's stderr (fd 2), never failing."""
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(2, view) :]
+        write_all(2, data)
     except OSError:
         pass
 
@@ -124,44 +123,40 @@ class Conn:
 
     # -- talking -----------------------------------------------------------
 
-    def handshake(self, deadline: float, spawn_timeout: float) -> None:
-        """Wait for HELLO; anything before it is program noise, sent to stderr."""
+    def handshake(self, deadline: float) -> None:
+        """Wait for Hello; anything before it is program noise, sent to stderr.
+
+        Raises Deadline, Eof or Refused; the worker is then dead and reaped.
+        """
+        try:
+            self._await_hello(deadline)
+        except (Eof, Refused):
+            self.finish()  # it is ending by itself: its own exit status tells why
+            raise
+        except BaseException:
+            self.kill()
+            self.finish()
+            raise
+
+    def _await_hello(self, deadline: float) -> None:
         while True:
-            try:
-                message = self._next(deadline)
-            except Deadline:
-                self.kill()
-                self.finish()
-                raise SpawnError(
-                    f"the worker did not become ready within {spawn_timeout:g} s "
-                    "(spawn_timeout)",
-                    self.stderr_tail(),
-                ) from None
-            except Eof:
-                self.finish()
-                code, sig = describe_exit(self.returncode)
-                how = f"was killed by {sig}" if sig else f"exited with code {code}"
-                raise SpawnError(
-                    f"the worker {how} before it was ready", self.stderr_tail()
-                ) from None
+            message = self._next(deadline)
             if isinstance(message, bytes):  # a stray frame: stdout noise
                 forward(message)
                 continue
-            kind = message[0]
-            if kind == _wire.HELLO and len(message) == 3:
-                if message[1] != _wire.PROTOCOL_VERSION:
+            startup = _protocol.parse_startup(message)
+            if isinstance(startup, _protocol.Hello):
+                if startup.version != _protocol.PROTOCOL_VERSION:
                     self.kill()
-                    self.finish()
-                    raise SpawnError(
-                        f"the worker speaks protocol {message[1]!r}, this parent "
-                        f"{_wire.PROTOCOL_VERSION}: is it another tarnish_py version?"
+                    raise Refused(
+                        f"the worker speaks protocol {startup.version!r}, this parent "
+                        f"{_protocol.PROTOCOL_VERSION}: is it another tarnish_py version?"
                     )
                 self._reader.strict = True
                 self.ready = True
                 return
-            if kind == _wire.FATAL and len(message) == 2:
-                self.finish()
-                raise SpawnError(f"the worker could not start: {message[1]}", self.stderr_tail())
+            if isinstance(startup, _protocol.Fatal):
+                raise Refused(f"the worker could not start: {startup.message}")
             forward(_wire.pack(message))
 
     def request(self, frame: bytes, deadline: float | None) -> Any:
@@ -205,7 +200,10 @@ class Conn:
             n = os.readv(self._r, [self._buf])
             if n == 0:
                 raise Eof
-            messages = self._reader.feed(self._buf[:n])
+            try:
+                messages = self._reader.feed(self._buf[:n])
+            except ProtocolError as exc:
+                raise BadMessage(str(exc)) from exc
             if len(messages) == 1 and not inbox:
                 return messages[0]
             inbox.extend(messages)
@@ -213,18 +211,20 @@ class Conn:
 
     # -- ending ------------------------------------------------------------
 
+    def _killpg(self) -> None:
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(self.pid, signal.SIGKILL)
+            else:  # pragma: no cover - Windows
+                self.popen.kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def kill(self) -> None:
         """SIGKILL the worker's process group (any thread; no-op once reaped)."""
         with self._reap_lock:
-            if self.returncode is not None:
-                return
-            try:
-                if hasattr(os, "killpg"):
-                    os.killpg(self.pid, signal.SIGKILL)
-                else:  # pragma: no cover - Windows
-                    self.popen.kill()
-            except (ProcessLookupError, PermissionError):
-                pass
+            if self.returncode is None:
+                self._killpg()
 
     def alive(self) -> bool:
         if self.returncode is not None:
@@ -254,11 +254,7 @@ class Conn:
             pause = min(pause * 2, 0.02)
         with self._reap_lock:
             # The leader is a zombie: its group id is still ours to kill.
-            if hasattr(os, "killpg"):
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            self._killpg()
             self.returncode = self.popen.wait()
         watchdog.unregister(self.pid)
         for stream in (self.popen.stdin, self.popen.stdout):
@@ -284,4 +280,3 @@ def _poll_ms(deadline: float | None) -> int | None:
     if deadline is None:
         return None
     return max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
-

@@ -26,27 +26,14 @@ from typing import Any, Generic, TypeVar
 from typing_extensions import ParamSpec, TypedDict
 
 from ._pool import ProcessPool
-from ._process import DEFAULT_SPAWN_TIMEOUT, Process
-from ._task import Task, adapters
-from ._wire import DEFAULT_MAX_MESSAGE_BYTES
+from ._process import Process
+from ._settings import DEFAULTS, Settings
+from ._task import Task, codec, register_label
 
-__all__ = ["IsolatedFunction", "task", "task_for_label"]
+__all__ = ["IsolatedFunction", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_registry: dict[str, IsolatedFunction[Any, Any]] = {}
-_registry_lock = threading.Lock()
-
-
-def task_for_label(label: str) -> type[Task[Any, Any]]:
-    """The Task class registered under ``label`` (used in the worker)."""
-    try:
-        return _registry[label].task_class
-    except KeyError:
-        raise LookupError(
-            f"no @task({label!r}) function was defined by the time the worker looked for it"
-        ) from None
 
 
 def _task_class(label: str, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
@@ -71,7 +58,13 @@ def _task_class(label: str, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
         posargs = [args.pop(name) for name in positional]
         return fn(*posargs, **args)
 
-    namespace = {"run": run, "__module__": fn.__module__, "_tarnish_name": "@" + label}
+    namespace = {
+        "run": run,
+        "__module__": fn.__module__,
+        "_tarnish_name": "@" + label,
+        "_tarnish_function": fn,
+        "_tarnish_origin": f"{fn.__module__}.{fn.__qualname__}",
+    }
     cls: type[Task[Any, Any]] = types.new_class(
         f"task_{label}", (Task[arguments, result],), exec_body=lambda ns: ns.update(namespace)
     )
@@ -91,11 +84,7 @@ class IsolatedFunction(Generic[P, R]):
         self,
         label: str,
         fn: Callable[P, R],
-        *,
-        timeout: float | None,
-        shutdown_timeout: float,
-        spawn_timeout: float,
-        max_message_bytes: int,
+        settings: Settings,
     ) -> None:
         self.label = label
         self.__wrapped__ = fn
@@ -105,12 +94,7 @@ class IsolatedFunction(Generic[P, R]):
         self.__module__ = fn.__module__
         self.task_class = _task_class(label, fn)
         self._signature = inspect.signature(fn)
-        self._options: dict[str, Any] = {
-            "timeout": timeout,
-            "shutdown_timeout": shutdown_timeout,
-            "spawn_timeout": spawn_timeout,
-            "max_message_bytes": max_message_bytes,
-        }
+        self._options = settings.keywords()
         self._lock = threading.Lock()
         self._process: Process[Any, Any] | None = None
 
@@ -124,7 +108,7 @@ class IsolatedFunction(Generic[P, R]):
         if process is not None and not process.closed:
             return process
         # Bad arguments fail here, before a worker is started for nothing.
-        adapters(self.task_class)[0].validate_python(arguments)
+        codec(self.task_class).encode_input(arguments)
         with self._lock:
             if self._process is None or self._process.closed:
                 self._process = Process(self.task_class, **self._options)
@@ -177,10 +161,10 @@ class IsolatedFunction(Generic[P, R]):
 def task(
     label: str,
     *,
-    timeout: float | None = None,
-    shutdown_timeout: float = 5.0,
-    spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    timeout: float | None = DEFAULTS.timeout,
+    shutdown_timeout: float = DEFAULTS.shutdown_timeout,
+    spawn_timeout: float = DEFAULTS.spawn_timeout,
+    max_message_bytes: int = DEFAULTS.max_message_bytes,
 ) -> Callable[[Callable[P, R]], IsolatedFunction[P, R]]:
     """Run the decorated function in an isolated worker kept for ``label``.
 
@@ -198,6 +182,12 @@ def task(
     """
     if not isinstance(label, str) or not label:
         raise TypeError("@task needs a non-empty label string: @task('my-label')")
+    settings = Settings(
+        timeout=timeout,
+        shutdown_timeout=shutdown_timeout,
+        spawn_timeout=spawn_timeout,
+        max_message_bytes=max_message_bytes,
+    )
 
     def decorate(fn: Callable[P, R]) -> IsolatedFunction[P, R]:
         if not callable(fn):
@@ -207,25 +197,15 @@ def task(
                 f"@task({label!r}): {fn.__qualname__} is defined inside a function; "
                 "a worker can only find functions defined at the top level of a module"
             )
-        isolated = IsolatedFunction(
-            label,
-            fn,
-            timeout=timeout,
-            shutdown_timeout=shutdown_timeout,
-            spawn_timeout=spawn_timeout,
-            max_message_bytes=max_message_bytes,
-        )
-        with _registry_lock:
-            previous = _registry.get(label)
-            if previous is not None and not _same_function(previous.__wrapped__, fn):
-                raise ValueError(
-                    f"@task label {label!r} is already used by {previous.__module__}."
-                    f"{previous.__qualname__}; labels must be unique per program"
-                )
-            _registry[label] = isolated
+        isolated = IsolatedFunction(label, fn, settings)
+        register_label(label, isolated.task_class, _same_task)
         return isolated
 
     return decorate
+
+
+def _same_task(a: type[Task[Any, Any]], b: type[Task[Any, Any]]) -> bool:
+    return _same_function(a._tarnish_function, b._tarnish_function)  # type: ignore[attr-defined]
 
 
 def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:

@@ -12,12 +12,14 @@
           └── ClosedError               the handle was closed ("you closed it", not "it broke")
 
 Invalid *input* is not a TarnishError: it raises ``pydantic.ValidationError`` in the
-caller and nothing is sent. Errors from the layers below (OSError on a pipe, a
-msgpack or COBS decoding error) are translated into these in one place,
-``_process``, with ``raise X(...) from exc``.
+caller and nothing is sent. Failures of the layers below (EOF or a deadline on a
+pipe, a frame that does not decode) are translated into these in one place,
+``_slot``, with ``raise X(...) from exc``.
 """
 
 from __future__ import annotations
+
+import signal as _signal
 
 __all__ = [
     "ClosedError",
@@ -27,7 +29,24 @@ __all__ = [
     "TaskError",
     "TaskTimeout",
     "WorkerCrashed",
+    "describe_exit",
+    "exit_text",
 ]
+
+
+def describe_exit(returncode: int | None) -> tuple[int | None, str | None]:
+    """(exitcode, signal name) of a finished process, as ``Popen.returncode`` gives it."""
+    if returncode is not None and returncode < 0:
+        try:
+            return returncode, _signal.Signals(-returncode).name
+        except ValueError:
+            return returncode, f"signal {-returncode}"
+    return returncode, None
+
+
+def exit_text(exitcode: int | None, signal: str | None) -> str:
+    """How a process ended, in words: ``killed by SIGSEGV``, ``exited with code 3``."""
+    return f"killed by {signal}" if signal is not None else f"exited with code {exitcode}"
 
 
 class TarnishError(Exception):
@@ -63,11 +82,7 @@ class WorkerCrashed(TarnishError):
     """
 
     def __init__(self, exitcode: int | None, signal: str | None, stderr: str) -> None:
-        if signal is not None:
-            what = f"killed by {signal}"
-        else:
-            what = f"exited with code {exitcode}"
-        message = f"worker process {what}"
+        message = f"worker process {exit_text(exitcode, signal)}"
         if stderr.strip():
             message += "; its stderr ends with:\n" + stderr.rstrip()
         super().__init__(message)

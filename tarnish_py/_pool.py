@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, overload
 
-from ._process import DEFAULT_SPAWN_TIMEOUT, _Handle
+from ._handle import _Handle
+from ._settings import DEFAULTS, Settings
 from ._task import In, Out, Task
-from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["ProcessPool"]
 
@@ -46,23 +46,22 @@ class ProcessPool(_Handle[In, Out]):
         task: type[Task[In, Out]],
         size: int | None = None,
         *,
-        timeout: float | None = None,
-        shutdown_timeout: float = 5.0,
-        spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float | None = DEFAULTS.timeout,
+        shutdown_timeout: float = DEFAULTS.shutdown_timeout,
+        spawn_timeout: float = DEFAULTS.spawn_timeout,
+        max_message_bytes: int = DEFAULTS.max_message_bytes,
     ) -> None:
         if size is None:
             size = os.cpu_count() or 1
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, not {size!r}")
-        self._start(
-            task,
-            size,
+        settings = Settings(
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             spawn_timeout=spawn_timeout,
             max_message_bytes=max_message_bytes,
         )
+        self._start(task, size, settings)
 
     @property
     def size(self) -> int:

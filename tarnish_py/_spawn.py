@@ -1,4 +1,4 @@
-"""How a worker is started: its command line, the environment marker, the watchdog.
+"""How a worker is started: its command line, its environment, its process.
 
 ::
 
@@ -14,27 +14,20 @@ was started (script, ``-m``, ``-c``, frozen executable; interpreter flags kept),
 and that program must call :func:`tarnish_py.main`. A task from an importable
 module is found by importing it in ``python -c``, with the parent's ``sys.path``.
 
-The *watchdog* is one small process per parent. It holds the read end of a
-pipe whose write end only the parent has, and the process groups of the
-parent's live workers. When the parent dies, even by SIGKILL, the pipe ends
-and the watchdog SIGKILLs those groups: workers stuck in C die too, and so do
-the processes their tasks started.
+Each started worker is registered with the ``_watchdog`` at once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
-from dataclasses import dataclass
 
+from ._boot import MARKER, WorkerConfig, refuse_spawn_before_main
 from ._errors import SpawnError
+from ._watchdog import watchdog
 
-__all__ = ["MARKER", "WorkerConfig", "command_for", "start", "watchdog"]
-
-MARKER = "TARNISH_PY_WORKER"
+__all__ = ["START_CWD", "absolute_sys_path", "command_for", "start"]
 
 _POSIX = os.name == "posix"
 
@@ -47,43 +40,6 @@ except OSError:  # pragma: no cover - started in a deleted folder
     START_CWD = os.path.abspath(os.sep)
 _F_SETPIPE_SZ = 1031  # Linux
 _PIPE_SIZE = 1 << 20
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What the parent tells a worker through the environment marker."""
-
-    module: str  # "__main__" or an importable module
-    name: str  # the Task's qualified name, or "@label" for a @task function
-    max_message_bytes: int
-    parent_pid: int
-    sys_path: tuple[str, ...] | None = None  # set for importable tasks only
-    cwd: str | None = None  # the folder the worker works in (the parent's, at spawn)
-
-    def dumps(self) -> str:
-        return json.dumps(
-            {
-                "module": self.module,
-                "name": self.name,
-                "max": self.max_message_bytes,
-                "parent": self.parent_pid,
-                "path": list(self.sys_path) if self.sys_path is not None else None,
-                "cwd": self.cwd,
-            }
-        )
-
-    @classmethod
-    def loads(cls, raw: str) -> WorkerConfig:
-        d = json.loads(raw)
-        path = d.get("path")
-        return cls(
-            module=d["module"],
-            name=d["name"],
-            max_message_bytes=int(d["max"]),
-            parent_pid=int(d["parent"]),
-            sys_path=tuple(path) if path is not None else None,
-            cwd=d.get("cwd"),
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -222,9 +178,7 @@ def _enlarge_pipe(fd: int) -> None:
 
 def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
     """Start a worker process (does not wait for its handshake)."""
-    from . import _worker
-
-    _worker.refuse_spawn_before_main()
+    refuse_spawn_before_main()
     if not _POSIX:  # pragma: no cover - Windows
         raise SpawnError("tarnish_py workers need a POSIX system (Linux, macOS) for now")
     env = dict(os.environ)
@@ -251,101 +205,3 @@ def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
     _enlarge_pipe(popen.stdout.fileno())
     watchdog.register(popen.pid)
     return popen
-
-
-# ---------------------------------------------------------------------------
-# The watchdog
-
-_WATCHDOG_SOURCE = """\
-import os, signal
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-groups, pending = set(), b""
-while True:
-    try:
-        data = os.read(0, 4096)
-    except InterruptedError:
-        continue
-    if not data:
-        break
-    pending += data
-    *lines, pending = pending.split(b"\\n")
-    for line in lines:
-        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-"""
-
-
-class _Watchdog:
-    """Kills the parent's worker process groups when the parent dies."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._owner = 0
-
-    def _live_fd(self) -> int | None:
-        """The pipe to this process's own watchdog, if it is running."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or self._owner != os.getpid():
-            return None
-        return proc.stdin.fileno() if proc.poll() is None else None
-
-    def _ensure(self) -> int | None:
-        fd = self._live_fd()
-        if fd is not None:
-            return fd
-        with self._lock:
-            fd = self._live_fd()
-            if fd is not None:
-                return fd
-            try:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-S", "-E", "-c", _WATCHDOG_SOURCE],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    close_fds=True,
-                    start_new_session=True,
-                    bufsize=0,
-                )
-            except OSError:
-                return None
-            self._owner = os.getpid()
-            assert self._proc.stdin is not None
-            return self._proc.stdin.fileno()
-
-    def _send(self, line: bytes) -> None:
-        if not _POSIX:  # pragma: no cover - Windows
-            return
-        fd = self._ensure()
-        if fd is None:
-            return
-        try:
-            os.write(fd, line)  # < PIPE_BUF: atomic, safe from any thread
-        except OSError:
-            pass
-
-    def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
-
-    def unregister(self, pgid: int) -> None:
-        if self._proc is not None:
-            self._send(b"-%d\n" % pgid)
-
-    def forget_after_fork(self) -> None:
-        # A forked child owns none of the parent's workers; the next register()
-        # in it starts its own watchdog. Its copy of the pipe must go, or the
-        # parent's death would not be seen while this child lives.
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.stdin is not None:
-            stdin, proc.stdin = proc.stdin, None
-            stdin.close()
-
-
-watchdog = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=watchdog.forget_after_fork)

@@ -1,18 +1,40 @@
-"""``Task[In, Out]``: the unit of work a worker serves.
+"""``Task[In, Out]``: the unit of work a worker serves, and how its values cross.
+
+::
+
+    parent   Codec.encode_input: validate In, dump to plain   --> wire
+    worker   Codec.decode_input: validate In --> run() --> Codec.encode_output:
+             validate Out, dump to plain                       --> wire
+    parent   Codec.decode_output: validate Out (skipped for plain types, which the
+             worker validated and which arrive as they are)
 
 The parent never instantiates a Task: it only reads the type arguments, which
-become pydantic type adapters at class creation. The worker imports the class
-(by module and qualified name), instantiates it once, calls ``setup()``, then
-``run()`` once per call, and ``close()`` on a graceful shutdown.
+become pydantic type adapters, and one :class:`Codec` per class used on both
+sides. The worker finds the class by :func:`task_location` (module and
+qualified name, or an ``@task`` label in the label registry), instantiates it
+once, calls ``setup()``, then ``run()`` once per call, and ``close()`` on a
+graceful shutdown.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import TypeAdapter
 
-__all__ = ["In", "Out", "Task", "adapters"]
+__all__ = [
+    "Codec",
+    "In",
+    "Out",
+    "Task",
+    "adapters",
+    "codec",
+    "register_label",
+    "task_for_label",
+    "task_location",
+]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -35,6 +57,7 @@ class Task(Generic[In, Out]):
     # (input adapter, output adapter), or None on a generic intermediate class.
     _tarnish_types: ClassVar[tuple[Any, Any] | None] = None
     _tarnish_adapters: ClassVar[tuple[TypeAdapter[Any], TypeAdapter[Any]] | None] = None
+    _tarnish_codec: ClassVar[Codec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -54,9 +77,11 @@ class Task(Generic[In, Out]):
                 )
             cls._tarnish_types = None  # a generic base for other tasks
             cls._tarnish_adapters = None
+            cls._tarnish_codec = None
             return
         cls._tarnish_types = types
         cls._tarnish_adapters = None
+        cls._tarnish_codec = None
         try:
             adapters(cls)
         except Exception:
@@ -91,6 +116,108 @@ def adapters(cls: type[Task[Any, Any]]) -> tuple[TypeAdapter[Any], TypeAdapter[A
     )
     cls._tarnish_adapters = built
     return built
+
+
+# Values of these types cross the wire unchanged: no dump, no re-validation.
+_PLAIN_TYPES = frozenset({int, str, bytes, float, bool})
+
+
+class Codec:
+    """How one task class's values are validated and turned into plain objects.
+
+    Built once per class (:func:`codec`) and used by both sides, so that a
+    ``call`` and a ``submit`` treat a value the same way.
+    """
+
+    __slots__ = ("decode_input", "encode_output", "encode_input", "decode_output")
+
+    def __init__(self, in_adapter: TypeAdapter[Any], out_adapter: TypeAdapter[Any],
+                 types: tuple[Any, Any]) -> None:
+        in_plain, out_plain = (tp in _PLAIN_TYPES for tp in types)
+        validate_in = in_adapter.validate_python
+        validate_out = out_adapter.validate_python
+        #: Worker: the raw payload of a call as the task's ``In``.
+        self.decode_input: Callable[[Any], Any] = validate_in
+        #: Parent: a caller's input, validated and made plain (ValidationError here).
+        self.encode_input: Callable[[Any], Any] = (
+            validate_in if in_plain else _then(validate_in, in_adapter.dump_python)
+        )
+        #: Worker: ``run()``'s return value, validated and made plain.
+        self.encode_output: Callable[[Any], Any] = (
+            validate_out if out_plain else _then(validate_out, out_adapter.dump_python)
+        )
+        #: Parent: a raw result as the task's ``Out`` (a plain Out arrives as is).
+        self.decode_output: Callable[[Any], Any] = _identity if out_plain else validate_out
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _then(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: second(first(value))
+
+
+def codec(cls: type[Task[Any, Any]]) -> Codec:
+    """The :class:`Codec` of a concrete task class (built on first use)."""
+    built = cls.__dict__.get("_tarnish_codec")
+    if built is None:
+        in_adapter, out_adapter = adapters(cls)
+        assert cls._tarnish_types is not None  # adapters() refused a generic class
+        built = Codec(in_adapter, out_adapter, cls._tarnish_types)
+        cls._tarnish_codec = built
+    return built
+
+
+# -- where a worker finds a task ---------------------------------------------
+
+_labels: dict[str, type[Task[Any, Any]]] = {}
+_labels_lock = threading.Lock()
+
+
+def register_label(
+    label: str,
+    task_cls: type[Task[Any, Any]],
+    same: Callable[[type[Task[Any, Any]], type[Task[Any, Any]]], bool],
+) -> None:
+    """Register the task class of an ``@task`` label; ``same(old, new)`` says whether
+    an earlier registration is the same function defined again (then it is replaced)."""
+    with _labels_lock:
+        previous = _labels.get(label)
+        if previous is not None and not same(previous, task_cls):
+            origin = getattr(previous, "_tarnish_origin", previous.__qualname__)
+            raise ValueError(
+                f"@task label {label!r} is already used by {origin}; "
+                "labels must be unique per program"
+            )
+        _labels[label] = task_cls
+
+
+def task_for_label(label: str) -> type[Task[Any, Any]]:
+    """The Task class registered under ``label`` (used in the worker)."""
+    try:
+        return _labels[label]
+    except KeyError:
+        raise LookupError(
+            f"no @task({label!r}) function was defined by the time the worker looked for it"
+        ) from None
+
+
+def task_location(task: type[Task[Any, Any]]) -> tuple[str, str]:
+    """(module, name) by which a worker finds ``task``: its qualified name, or
+    ``"@label"`` for a class made by ``@task``."""
+    if not (isinstance(task, type) and issubclass(task, Task)):
+        raise TypeError(f"expected a Task subclass, got {task!r}")
+    label = task.__dict__.get("_tarnish_name")
+    if label is not None:
+        return task.__module__, str(label)
+    qualname = task.__qualname__
+    if "<locals>" in qualname:
+        raise TypeError(
+            f"{qualname} is defined inside a function; a worker can only find tasks "
+            "defined at the top level of a module"
+        )
+    return task.__module__, qualname
 
 
 def _resolve_type_args(cls: type) -> tuple[Any, Any] | None:

@@ -2,22 +2,12 @@
 
 ::
 
-    value --adapter.dump_python--> plain objects --msgpack(+ext)--> bytes
-          --COBS--> frame without zeros --+ b"\\x00"--> pipe
-    pipe --FrameReader.feed--> messages --adapter.validate_python--> value
+    plain objects --msgpack(+ext)--> bytes --COBS--> frame without zeros
+                  --+ b"\\x00"--> pipe
+    pipe --FrameReader.feed--> messages (lists) --> plain objects
 
-A *message* is a short msgpack array whose first item is its kind::
-
-    worker -> parent   [HELLO, version, pid]        once, right after start
-                       [RESULT, call_id, value]
-                       [ERROR, call_id, type_name, message, traceback]
-                       [FATAL, message]             the worker cannot serve
-    parent -> worker   [CALL, call_id, value]
-                       [SHUTDOWN]
-
-The worker writes one extra 0x00 before HELLO so that anything a program wrote
-to stdout before it could move fd 1 away ends in a frame of its own, which the
-parent treats as noise.
+What a message *means* is ``_protocol``'s business: this module only turns
+any value into a frame and back.
 
 msgpack has no type for much of what pydantic validates; those values travel as
 msgpack ext types (``_EXT_*`` below) so they come back *equal*: integers beyond
@@ -46,33 +36,17 @@ if not getattr(cobs, "_using_extension", True):  # pragma: no cover - depends on
     raise ImportError("tarnish_py needs the C implementation of the 'cobs' package")
 
 __all__ = [
-    "CALL",
     "DEFAULT_MAX_MESSAGE_BYTES",
-    "ERROR",
-    "FATAL",
-    "HELLO",
-    "PROTOCOL_VERSION",
-    "RESULT",
-    "SHUTDOWN",
     "FrameReader",
     "encode_frame",
     "frame_limit",
     "frame_packed",
     "pack",
     "packer",
-    "dumper",
     "unpack",
 ]
 
-PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
-
-HELLO: Final = 0
-CALL: Final = 1
-RESULT: Final = 2
-ERROR: Final = 3
-SHUTDOWN: Final = 4
-FATAL: Final = 5
 
 _EXT_BIGINT: Final = 1
 _EXT_DECIMAL: Final = 2
@@ -165,19 +139,6 @@ def pack(obj: Any) -> bytes:
 def packer() -> Callable[[Any], bytes]:
     """A faster :func:`pack` for one thread at a time (it reuses one msgpack Packer)."""
     return msgpack.Packer(autoreset=True, **_packer_options).pack  # type: ignore[no-any-return]
-
-
-_PLAIN_TYPES: Final = frozenset({int, str, bytes, float, bool})
-
-
-def is_plain(tp: Any) -> bool:
-    """Whether values of ``tp`` cross the wire unchanged (no dump, no re-validation)."""
-    return tp in _PLAIN_TYPES
-
-
-def dumper(adapter: Any, tp: Any) -> Callable[[Any], Any] | None:
-    """``adapter.dump_python``, or None where a validated value is already plain."""
-    return None if tp in _PLAIN_TYPES else adapter.dump_python
 
 
 def _nested(step: Callable[[Any], Any], value: Any, too_deep: Exception) -> Any:

@@ -31,7 +31,9 @@ ScriptRunner = Callable[..., Result]
 
 def python_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # The repository (for tarnish_py) and tests/ (for proc_checks) come first.
+    paths = [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.pop("TARNISH_PY_WORKER", None)
     env["PYTHONFAULTHANDLER"] = "1"
     return env

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tarnish_py import ProtocolError, _wire
+from tarnish_py import ProtocolError, _protocol, _wire
 
 # --- helpers -------------------------------------------------------------------
 
@@ -36,11 +36,11 @@ def through_call(tp: Any, value: Any) -> Any:
     """``value`` after the whole path of a call's result: adapter, frame, reader, adapter."""
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(tp)
     obj = adapter.dump_python(adapter.validate_python(value))
-    frame = _wire.encode_frame([_wire.RESULT, 1, obj])
+    frame = _wire.encode_frame([_protocol.RESULT, 1, obj])
     messages = _wire.FrameReader().feed(frame)
     assert len(messages) == 1
     kind, call_id, payload = messages[0]
-    assert (kind, call_id) == (_wire.RESULT, 1)
+    assert (kind, call_id) == (_protocol.RESULT, 1)
     return adapter.validate_python(payload)
 
 
@@ -263,7 +263,7 @@ def test_bytes_travel_as_msgpack_bin(value: bytes) -> None:
 
 
 def test_bytes_inside_a_result_travel_as_bin() -> None:
-    packed = _wire.pack([_wire.RESULT, 1, {"data": b"\x01\x02\x03"}])
+    packed = _wire.pack([_protocol.RESULT, 1, {"data": b"\x01\x02\x03"}])
     assert b"\xc4\x03\x01\x02\x03" in packed
 
 
@@ -368,10 +368,10 @@ values = st.recursive(
 @given(values)
 def test_arbitrary_values_round_trip_on_the_raw_wire(value: Any) -> None:
     assert_same(value, wire_round_trip(value))
-    frame = _wire.encode_frame([_wire.RESULT, 9, value])
+    frame = _wire.encode_frame([_protocol.RESULT, 9, value])
     assert frame.index(b"\x00") == len(frame) - 1
     (message,) = _wire.FrameReader().feed(frame)
-    assert_same([_wire.RESULT, 9, value], message)
+    assert_same([_protocol.RESULT, 9, value], message)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -420,14 +420,14 @@ def test_arbitrary_enum_lists_round_trip(value: list[tuple[Shape, Level]]) -> No
 # --- framing: any chunking decodes the same --------------------------------------------------
 
 SMALL_MESSAGES: list[list[Any]] = [
-    [_wire.HELLO, _wire.PROTOCOL_VERSION, 1234],
-    [_wire.RESULT, 1, None],
-    [_wire.RESULT, 2, b"\x00" * 300],  # zeros inside: COBS must hide them
-    [_wire.ERROR, 3, "ValueError", "bad", "Traceback..."],
-    [_wire.RESULT, 4, "x" * 600],  # longer than one COBS block (254)
-    [_wire.SHUTDOWN],
+    [_protocol.HELLO, _protocol.PROTOCOL_VERSION, 1234],
+    [_protocol.RESULT, 1, None],
+    [_protocol.RESULT, 2, b"\x00" * 300],  # zeros inside: COBS must hide them
+    [_protocol.ERROR, 3, "ValueError", "bad", "Traceback..."],
+    [_protocol.RESULT, 4, "x" * 600],  # longer than one COBS block (254)
+    [_protocol.SHUTDOWN],
 ]
-LARGE_MESSAGE: list[Any] = [_wire.RESULT, 5, random.Random(7).randbytes(300 * 1024)]
+LARGE_MESSAGE: list[Any] = [_protocol.RESULT, 5, random.Random(7).randbytes(300 * 1024)]
 ALL_MESSAGES = [*SMALL_MESSAGES, LARGE_MESSAGE, *SMALL_MESSAGES]
 
 
@@ -513,7 +513,7 @@ def test_frames_end_with_a_single_zero() -> None:
 
 def test_empty_frames_are_ignored() -> None:
     reader = _wire.FrameReader()
-    frame = _wire.encode_frame([_wire.RESULT, 1, "a"])
+    frame = _wire.encode_frame([_protocol.RESULT, 1, "a"])
     assert reader.feed(b"\x00") == []
     assert reader.feed(b"\x00\x00\x00") == []
     assert reader.feed(b"\x00" + frame + b"\x00\x00" + frame) == [[2, 1, "a"], [2, 1, "a"]]
@@ -523,7 +523,7 @@ def test_empty_frames_are_ignored() -> None:
 
 def test_pending_counts_the_unterminated_tail() -> None:
     reader = _wire.FrameReader()
-    frame = _wire.encode_frame([_wire.RESULT, 1, "abc"])
+    frame = _wire.encode_frame([_protocol.RESULT, 1, "abc"])
     assert reader.feed(frame + frame[:4]) == [[2, 1, "abc"]]
     assert reader.pending == 4
     assert reader.feed(frame[4:-1]) == []
@@ -546,7 +546,7 @@ def message_of_packed_size(size: int) -> bytes:
     body_len = size - 6  # fixarray, kind, call id, bin 16 marker and its 2-byte length
     packed = b"\x93\x02\x01\xc5" + body_len.to_bytes(2, "big") + b"\x01" * body_len
     assert len(packed) == size and b"\x00" not in packed
-    assert _wire.unpack(packed) == [_wire.RESULT, 1, b"\x01" * body_len]
+    assert _wire.unpack(packed) == [_protocol.RESULT, 1, b"\x01" * body_len]
     return packed
 
 
@@ -574,7 +574,7 @@ def test_frame_over_the_limit_is_refused_when_its_terminator_arrives(split: bool
 
 
 def test_frame_over_the_limit_after_a_good_frame_in_the_same_chunk() -> None:
-    good = _wire.encode_frame([_wire.RESULT, 1, "ok"])
+    good = _wire.encode_frame([_protocol.RESULT, 1, "ok"])
     reader = _wire.FrameReader(MAX)
     with pytest.raises(ProtocolError, match="max_message_bytes"):
         reader.feed(good + b"\x05" * (_wire.frame_limit(MAX) + 1) + b"\x00")
@@ -616,7 +616,7 @@ NOT_MESSAGES: list[Any] = [{"a": 1}, 5, "text", [], ["kind-not-int", 1], None]
 @pytest.mark.parametrize("noise", NOISE)
 def test_non_strict_reader_returns_noise_as_raw_bytes(noise: bytes) -> None:
     reader = _wire.FrameReader(strict=False)
-    hello = [_wire.HELLO, _wire.PROTOCOL_VERSION, 42]
+    hello = [_protocol.HELLO, _protocol.PROTOCOL_VERSION, 42]
     out = reader.feed(noise + b"\x00" + _wire.encode_frame(hello))
     assert out == [noise, hello]
     assert isinstance(out[0], bytes)
@@ -630,9 +630,9 @@ def test_strict_reader_refuses_noise(noise: bytes) -> None:
 
 def test_reader_can_turn_strict_after_the_handshake() -> None:
     reader = _wire.FrameReader(strict=False)
-    assert reader.feed(b"noise\x00" + _wire.encode_frame([_wire.HELLO, 1, 2])) == [
+    assert reader.feed(b"noise\x00" + _wire.encode_frame([_protocol.HELLO, 1, 2])) == [
         b"noise",
-        [_wire.HELLO, 1, 2],
+        [_protocol.HELLO, 1, 2],
     ]
     reader.strict = True
     with pytest.raises(ProtocolError):
@@ -641,7 +641,7 @@ def test_reader_can_turn_strict_after_the_handshake() -> None:
 
 @pytest.mark.parametrize("code", [0, 12, 42, 127])
 def test_unknown_ext_type_is_a_protocol_error(code: int) -> None:
-    packed = msgpack.packb([_wire.RESULT, 1, msgpack.ExtType(code, b"\x01\x02")])
+    packed = msgpack.packb([_protocol.RESULT, 1, msgpack.ExtType(code, b"\x01\x02")])
     with pytest.raises(ProtocolError, match="ext"):
         _wire.FrameReader().feed(_wire.frame_packed(packed))
 
@@ -662,7 +662,7 @@ def test_unknown_ext_type_is_a_protocol_error(code: int) -> None:
     ],
 )
 def test_bad_ext_payload_is_a_protocol_error(code: int, payload: bytes) -> None:
-    packed = msgpack.packb([_wire.RESULT, 1, msgpack.ExtType(code, payload)])
+    packed = msgpack.packb([_protocol.RESULT, 1, msgpack.ExtType(code, payload)])
     with pytest.raises(ProtocolError):
         _wire.FrameReader().feed(_wire.frame_packed(packed))
 
@@ -689,7 +689,7 @@ def test_trailing_bytes_after_the_message_are_a_protocol_error() -> None:
 NESTED_PROBE = """
 import sys
 import msgpack
-from tarnish_py import ProtocolError, _wire
+from tarnish_py import ProtocolError, _protocol, _wire
 depth = int(sys.argv[1])
 inner = _wire.pack([])
 for _ in range(depth):
@@ -727,7 +727,7 @@ def test_deeply_nested_ext_frames_do_not_crash_the_reader(depth: int) -> None:
 
 
 def time_feeding(size: int, chunk: int = 64 * 1024) -> float:
-    frame = _wire.encode_frame([_wire.RESULT, 1, b"\x01" * size])
+    frame = _wire.encode_frame([_protocol.RESULT, 1, b"\x01" * size])
     views = [frame[i : i + chunk] for i in range(0, len(frame), chunk)]
     best = math.inf
     for _ in range(3):
@@ -780,7 +780,7 @@ def test_each_byte_is_searched_for_the_terminator_once(chunk: int) -> None:
 def test_pending_bytes_are_not_rescanned() -> None:
     # Deterministic companion of the timing test: a chunk without a zero leaves
     # everything pending, and a later zero completes exactly one frame.
-    frame = _wire.encode_frame([_wire.RESULT, 1, b"\x01" * 200_000])
+    frame = _wire.encode_frame([_protocol.RESULT, 1, b"\x01" * 200_000])
     reader = _wire.FrameReader()
     fed = 0
     for i in range(0, len(frame) - 1, 4096):

@@ -16,7 +16,7 @@ from cobs import cobs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tarnish_py import ProtocolError, _wire
+from tarnish_py import ProtocolError, _protocol, _wire
 
 MAX = 256
 LIMIT = _wire.frame_limit(MAX)
@@ -46,7 +46,7 @@ values = st.recursive(
     max_leaves=10,
 )
 messages = st.tuples(
-    st.sampled_from([_wire.RESULT, _wire.CALL]), st.integers(0, 2**32), values
+    st.sampled_from([_protocol.RESULT, _protocol.CALL]), st.integers(0, 2**32), values
 ).map(list)
 
 

@@ -11,53 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from conftest import python_env
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def is_dead(pid: int) -> bool:
-    """Gone, or a zombie (PID 1 here may never reap orphans)."""
-    fields = _stat(pid)
-    return fields is None or fields[0] in ("Z", "X")
-
-
-def still_alive(pids: Iterable[int], within: float) -> list[int]:
-    """Wait up to ``within`` seconds for every pid to die; return the survivors."""
-    deadline = time.monotonic() + within
-    while True:
-        alive = [pid for pid in pids if not is_dead(pid)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.02)
-
-
-def descendants(root: int) -> set[int]:
-    """Every live process below ``root`` in the process tree."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) and fields[0] not in ("Z", "X"):
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+from proc_checks import descendants
 
 
 class Parent:

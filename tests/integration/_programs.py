@@ -21,6 +21,7 @@ import pydantic
 import tarnish_py
 from tarnish_py import (ClosedError, Process, ProtocolError, SpawnError, Task,
                         TaskError, TaskTimeout, TarnishError, WorkerCrashed)
+from proc_checks import is_dead, wait_dead
 
 
 def emit(**fields):
@@ -59,24 +60,6 @@ def spin():
 
 def spin_in_c():
     hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 2**31 - 1)
-
-
-def is_dead(pid):
-    """A process that is gone, or a zombie nobody reaps, is dead."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-
-
-def wait_dead(pid, within=5.0):
-    deadline = time.monotonic() + within
-    while not is_dead(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 '''
 
 

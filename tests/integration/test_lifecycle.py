@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from conftest import ScriptRunner
+from proc_checks import still_alive
 
-from ._procs import still_alive
 from ._programs import no_leftovers, program, records  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")

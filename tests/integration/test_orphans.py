@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ScriptRunner
+from proc_checks import descendants, still_alive
 
-from ._procs import Parent, descendants, still_alive
+from ._procs import Parent
 from ._programs import no_leftovers, program, records  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")

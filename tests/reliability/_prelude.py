@@ -4,9 +4,7 @@ the parsing of its stdout (one JSON record per line)."""
 from __future__ import annotations
 
 import json
-import os
 import textwrap
-import time
 from typing import Any
 
 # The top of each program: imports, crash helpers named for what they do,
@@ -17,7 +15,8 @@ import pydantic
 import tarnish_py
 from tarnish_py import (ClosedError, Process, ProcessPool, ProtocolError, SpawnError, Task,
                         TaskError, TaskTimeout, WorkerCrashed)
-from tarnish_py import _wire, _worker
+from tarnish_py import _boot, _protocol, _wire
+from proc_checks import children, is_dead, state, wait_dead
 
 
 def emit(**fields):
@@ -42,14 +41,14 @@ def frame(message):
 
 def to_parent(data):
     """Write raw bytes on the worker's channel, behind the library's back."""
-    os.write(_worker._channel_out, data)
+    os.write(_boot.channel_out, data)
 
 
 def close_channel(inbound=True, outbound=True):
     if inbound:
-        os.close(_worker._channel_in)
+        os.close(_boot.channel_in)
     if outbound:
-        os.close(_worker._channel_out)
+        os.close(_boot.channel_out)
 
 
 def start_stubborn_child():
@@ -59,42 +58,6 @@ def start_stubborn_child():
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     child.stdout.readline()
     return child.pid
-
-
-def state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def is_dead(pid):
-    """Gone, or a zombie: PID 1 here may never reap what it adopts."""
-    return state(pid) in (None, "Z", "X")
-
-
-def wait_dead(pid, within):
-    deadline = time.monotonic() + within
-    while not is_dead(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def children():
-    me = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[1] == me:
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def memory(field):
@@ -120,41 +83,3 @@ def records(result: Any) -> list[dict[str, Any]]:
     """The JSON records a program printed; its failure output if it did not exit 0."""
     assert result.returncode == 0, str(result)
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-
-
-def state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def wait_dead(pid: int, within: float) -> bool:
-    """Whether ``pid`` is gone or a zombie within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while state(pid) not in (None, "Z", "X"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (children, grandchildren...)."""
-    parent_of: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent_of[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parent_of.items() if pp == pid]
-        found += kids
-        frontier += kids
-    return found

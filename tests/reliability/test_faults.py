@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import python_env
+from proc_checks import descendants, wait_dead
 
-from ._prelude import descendants, program, records, wait_dead
+from ._prelude import program, records
 
 MAIN = """
 if __name__ == "__main__":
@@ -70,31 +71,31 @@ BREAKS = [
         id="closes_channel_then_returns",
     ),
     pytest.param(
-        "f = frame([_wire.RESULT, 2, 42]); to_parent(f[: len(f) // 2]); os._exit(7)",
+        "f = frame([_protocol.RESULT, 2, 42]); to_parent(f[: len(f) // 2]); os._exit(7)",
         "WorkerCrashed",
         "exited with code 7",
         id="half_frame_then_exit",
     ),
     pytest.param(
-        "f = frame([_wire.RESULT, 2, 42]); to_parent(f[: len(f) // 2]); hang()",
+        "f = frame([_protocol.RESULT, 2, 42]); to_parent(f[: len(f) // 2]); hang()",
         "TaskTimeout",
         "did not finish within 1 s",
         id="half_frame_then_hang",
     ),
     pytest.param(
-        "to_parent(frame([_wire.RESULT, 999, 42])); hang()",
+        "to_parent(frame([_protocol.RESULT, 999, 42])); hang()",
         "ProtocolError",
         "unexpected reply to call 2",
         id="result_for_call_999",
     ),
     pytest.param(
-        "to_parent(frame([_wire.ERROR, 999, 'E', 'm', 'tb'])); hang()",
+        "to_parent(frame([_protocol.ERROR, 999, 'E', 'm', 'tb'])); hang()",
         "ProtocolError",
         "unexpected reply to call 2",
         id="error_for_call_999",
     ),
     pytest.param(
-        "to_parent(frame([_wire.HELLO, _wire.PROTOCOL_VERSION, os.getpid()])); hang()",
+        "to_parent(frame([_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()])); hang()",
         "ProtocolError",
         "unexpected reply to call 2",
         id="hello_mid_call",
@@ -213,7 +214,7 @@ def parent():
 """
 
 HANG_AT_IMPORT = """
-if _worker.config is not None:  # only in the re-executed worker
+if _boot.config is not None:  # only in the re-executed worker
     with open(os.environ["PIDFILE"], "w") as f:
         f.write(str(os.getpid()))
     hang()
@@ -382,7 +383,7 @@ def parent():
 SLOW_CALLS = [
     pytest.param("time.sleep(5)", id="sleeping"),
     pytest.param(
-        "f = frame([_wire.RESULT, 2, os.getpid()]); to_parent(f[:3]); time.sleep(5); "
+        "f = frame([_protocol.RESULT, 2, os.getpid()]); to_parent(f[:3]); time.sleep(5); "
         "to_parent(f[3:]); hang()",
         id="reply_half_sent",
     ),
@@ -623,7 +624,7 @@ class Checked(pydantic.BaseModel):
     @pydantic.field_validator("pid")
     @classmethod
     def slow_in_the_parent(cls, v: int) -> int:
-        if _worker.config is None:  # the parent takes 0.5 s to validate a reply
+        if _boot.config is None:  # the parent takes 0.5 s to validate a reply
             time.sleep(0.5)
         return v
 

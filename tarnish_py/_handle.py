@@ -1,0 +1,91 @@
+"""What ``Process`` and ``ProcessPool`` share: the calls in their three forms, closing.
+
+::
+
+    call(x)          Dispatcher.call in the caller's thread
+    submit(x)        Dispatcher.submit -> Future
+    acall(x)         asyncio.wrap_future(submit(x))
+    close() / with   Dispatcher.close; also at garbage collection and at exit
+
+Everything that does no I/O lives here once and serves both handles and the
+sync, Future and asyncio forms of a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import weakref
+from types import TracebackType
+from typing import Generic
+
+from typing_extensions import Self
+
+from ._dispatch import Dispatcher, install_exit_hook
+from ._settings import Settings
+from ._slot import WorkerSpec
+from ._task import In, Out, Task, codec, task_location
+
+__all__ = ["_Handle"]
+
+
+class _Handle(Generic[In, Out]):
+    """The calls, closing and context management shared by Process and ProcessPool."""
+
+    _dispatcher: Dispatcher
+
+    def _start(self, task: type[Task[In, Out]], size: int, settings: Settings) -> None:
+        """Start ``size`` workers for ``task``."""
+        module, name = task_location(task)
+        dispatcher = Dispatcher(WorkerSpec(module, name, settings), size, codec(task))
+        self._dispatcher = dispatcher
+        # The finalizer holds the dispatcher, never the handle (or it would live forever).
+        self._finalizer = weakref.finalize(self, dispatcher.close)
+        install_exit_hook()
+        dispatcher.start()
+
+    def call(self, input: In, *, timeout: float | None = None) -> Out:
+        """Run the task on ``input`` in a worker and return its result.
+
+        ``timeout`` (seconds) overrides the handle's default for this call.
+        Raises ``pydantic.ValidationError`` for invalid input (nothing is sent),
+        ``TaskError``, ``WorkerCrashed``, ``TaskTimeout``, ``SpawnError``,
+        ``ProtocolError`` or ``ClosedError``.
+        """
+        return self._dispatcher.call(input, timeout)  # type: ignore[no-any-return]
+
+    def submit(self, input: In, *, timeout: float | None = None) -> cf.Future[Out]:
+        """Start a call and return its Future at once.
+
+        Cancelling the Future of a queued call removes it; cancelling one that
+        is running kills (and replaces) the worker running it.
+        """
+        return self._dispatcher.submit(input, timeout)
+
+    async def acall(self, input: In, *, timeout: float | None = None) -> Out:
+        """``call`` for asyncio: awaits the result without blocking the event loop.
+
+        Cancelling the awaiting task kills the worker if the call is running.
+        """
+        return await asyncio.wrap_future(self._dispatcher.submit(input, timeout))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the workers: queued calls fail with ``ClosedError``, running calls get
+        ``timeout`` (default ``shutdown_timeout``) to finish, then the workers'
+        process groups are SIGKILLed. Idempotent."""
+        self._dispatcher.close(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._dispatcher.closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

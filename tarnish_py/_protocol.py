@@ -1,0 +1,164 @@
+"""The messages parent and worker exchange: the only module that knows their layout.
+
+::
+
+    worker -> parent   Hello(version, pid)          once, right after start
+                       Result(call_id, value)
+                       Error(call_id, type_name, message, traceback)
+                       Fatal(message)               the worker cannot serve
+    parent -> worker   Call(call_id, value)
+                       Shutdown()
+
+On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
+(``_wire``). The worker writes one extra 0x00 before Hello so that anything a
+program wrote to stdout before it could move fd 1 away ends in a frame of its
+own, which the parent treats as noise.
+
+Builders return frames (or packed bytes, for the size check against
+``max_message_bytes``); parsers take what ``FrameReader`` yields and return the
+records below, raising ``ProtocolError`` for anything malformed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+from . import _wire
+from ._errors import ProtocolError
+
+__all__ = [
+    "CALL",
+    "ERROR",
+    "FATAL",
+    "HELLO",
+    "PROTOCOL_VERSION",
+    "RESULT",
+    "SHUTDOWN",
+    "Call",
+    "Error",
+    "Fatal",
+    "Hello",
+    "Result",
+    "Shutdown",
+    "fatal_frame",
+    "hello_frame",
+    "parse_reply",
+    "parse_request",
+    "parse_startup",
+    "shutdown_frame",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+HELLO: Final = 0
+CALL: Final = 1
+RESULT: Final = 2
+ERROR: Final = 3
+SHUTDOWN: Final = 4
+FATAL: Final = 5
+
+
+class Hello(NamedTuple):
+    version: Any  # compared, never trusted: another version may send anything
+    pid: int
+
+
+class Call(NamedTuple):
+    call_id: int
+    value: Any
+
+
+class Result(NamedTuple):
+    call_id: int
+    value: Any
+
+
+class Error(NamedTuple):
+    call_id: int
+    type_name: str
+    message: str
+    traceback: str
+
+
+class Fatal(NamedTuple):
+    message: str
+
+
+class Shutdown(NamedTuple):
+    pass
+
+
+Reply = Result | Error
+Request = Call | Shutdown
+
+
+# -- building ----------------------------------------------------------------
+
+
+def hello_frame(pid: int) -> bytes:
+    return _wire.encode_frame([HELLO, PROTOCOL_VERSION, pid])
+
+
+def fatal_frame(message: str) -> bytes:
+    return _wire.encode_frame([FATAL, message])
+
+
+def shutdown_frame() -> bytes:
+    return _wire.encode_frame([SHUTDOWN])
+
+
+def error_packed(error: Error) -> bytes:
+    return _wire.pack([ERROR, *error])
+
+
+class Packer:
+    """Packs calls and results with one reused msgpack Packer (one thread at a time).
+
+    Returns the packed message, so that its size can be checked against
+    ``max_message_bytes`` before :func:`_wire.frame_packed` frames it.
+    """
+
+    __slots__ = ("_pack",)
+
+    def __init__(self) -> None:
+        self._pack: Callable[[Any], bytes] = _wire.packer()
+
+    def call(self, call_id: int, value: Any) -> bytes:
+        return self._pack([CALL, call_id, value])
+
+    def result(self, call_id: int, value: Any) -> bytes:
+        return self._pack([RESULT, call_id, value])
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def parse_startup(message: list[Any]) -> Hello | Fatal | None:
+    """A message seen before the handshake; None for one that is neither (noise)."""
+    kind = message[0]
+    if kind == HELLO and len(message) == 3:
+        return Hello(message[1], message[2])
+    if kind == FATAL and len(message) == 2:
+        return Fatal(str(message[1]))
+    return None
+
+
+def parse_reply(message: list[Any], call_id: int) -> Reply:
+    """The worker's answer to call ``call_id``."""
+    kind = message[0]
+    if len(message) == 3 and kind == RESULT and message[1] == call_id:
+        return Result(call_id, message[2])
+    if len(message) == 5 and kind == ERROR and message[1] == call_id:
+        return Error(call_id, str(message[2]), str(message[3]), str(message[4]))
+    raise ProtocolError(f"unexpected reply to call {call_id}: {message!r:.200}")
+
+
+def parse_request(message: list[Any]) -> Request:
+    """What the parent asks of a worker."""
+    kind = message[0]
+    if kind == CALL and len(message) == 3:
+        return Call(message[1], message[2])
+    if kind == SHUTDOWN:
+        return Shutdown()
+    raise ProtocolError(f"unexpected message kind {kind!r} from the parent")
