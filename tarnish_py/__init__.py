@@ -21,6 +21,7 @@ from ._errors import (  # noqa: E402
     WorkerCrashed,
 )
 from ._pool import ProcessPool  # noqa: E402
+from ._settings import Limits  # noqa: E402
 from ._process import Process  # noqa: E402
 from ._task import Task  # noqa: E402
 from ._worker import main  # noqa: E402
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "Limits",
     "Process",
     "ProcessPool",
     "ProtocolError",

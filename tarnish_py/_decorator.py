@@ -23,11 +23,10 @@ import typing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from typing_extensions import ParamSpec, TypedDict
+from typing_extensions import ParamSpec, TypedDict, Unpack
 
 from ._pool import ProcessPool
-from ._process import Process
-from ._settings import DEFAULTS, Settings
+from ._settings import HandleKeywords, Settings
 from ._task import Task, codec, register_label
 
 __all__ = ["IsolatedFunction", "task"]
@@ -74,8 +73,8 @@ def _task_class(label: str, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
 class IsolatedFunction(Generic[P, R]):
     """A function that runs in an isolated worker; made by :func:`task`.
 
-    Calling it runs the function in the worker kept for its label (started on
-    first use, replaced after a crash) and returns the result. ``submit`` and
+    Calling it runs the function in the workers kept for its label (``size`` of
+    them, default 1; started on first use, replaced after a crash) and returns the result. ``submit`` and
     ``acall`` are the Future and asyncio forms; ``map`` runs many calls over a
     temporary :class:`ProcessPool`; ``close`` stops the worker.
     """
@@ -85,6 +84,7 @@ class IsolatedFunction(Generic[P, R]):
         label: str,
         fn: Callable[P, R],
         settings: Settings,
+        size: int = 1,
     ) -> None:
         self.label = label
         self.__wrapped__ = fn
@@ -95,24 +95,25 @@ class IsolatedFunction(Generic[P, R]):
         self.task_class = _task_class(label, fn)
         self._signature = inspect.signature(fn)
         self._options = settings.keywords()
+        self._size = size
         self._lock = threading.Lock()
-        self._process: Process[Any, Any] | None = None
+        self._pool: ProcessPool[Any, Any] | None = None
 
     def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
         return dict(bound.arguments)
 
-    def _worker(self, arguments: dict[str, Any]) -> Process[Any, Any]:
-        process = self._process
-        if process is not None and not process.closed:
-            return process
+    def _worker(self, arguments: dict[str, Any]) -> ProcessPool[Any, Any]:
+        pool = self._pool
+        if pool is not None and not pool.closed:
+            return pool
         # Bad arguments fail here, before a worker is started for nothing.
         codec(self.task_class).encode_input(arguments)
         with self._lock:
-            if self._process is None or self._process.closed:
-                self._process = Process(self.task_class, **self._options)
-            return self._process
+            if self._pool is None or self._pool.closed:
+                self._pool = ProcessPool(self.task_class, self._size, **self._options)
+            return self._pool
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         arguments = self._arguments(args, kwargs)
@@ -148,25 +149,23 @@ class IsolatedFunction(Generic[P, R]):
             yield from results
 
     def close(self) -> None:
-        """Stop the label's worker (the next call starts a new one)."""
+        """Stop the label's workers (the next call starts new ones)."""
         with self._lock:
-            process, self._process = self._process, None
-        if process is not None:
-            process.close()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def __repr__(self) -> str:
         return f"<tarnish_py task {self.label!r}: {self.__qualname__}>"
 
 
 def task(
-    label: str,
-    *,
-    timeout: float | None = DEFAULTS.timeout,
-    shutdown_timeout: float = DEFAULTS.shutdown_timeout,
-    spawn_timeout: float = DEFAULTS.spawn_timeout,
-    max_message_bytes: int = DEFAULTS.max_message_bytes,
+    label: str, *, size: int = 1, **keywords: Unpack[HandleKeywords]
 ) -> Callable[[Callable[P, R]], IsolatedFunction[P, R]]:
-    """Run the decorated function in an isolated worker kept for ``label``.
+    """Run the decorated function in isolated workers kept for ``label``.
+
+    ``size`` workers (default 1) serve the label, so that many calls (threads,
+    ``acall``) run at once; the other keywords are those of :class:`Process`.
 
     ::
 
@@ -182,12 +181,9 @@ def task(
     """
     if not isinstance(label, str) or not label:
         raise TypeError("@task needs a non-empty label string: @task('my-label')")
-    settings = Settings(
-        timeout=timeout,
-        shutdown_timeout=shutdown_timeout,
-        spawn_timeout=spawn_timeout,
-        max_message_bytes=max_message_bytes,
-    )
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"@task({label!r}): size must be a positive int, not {size!r}")
+    settings = Settings.of(keywords, f"@task({label!r})")
 
     def decorate(fn: Callable[P, R]) -> IsolatedFunction[P, R]:
         if not callable(fn):
@@ -197,7 +193,7 @@ def task(
                 f"@task({label!r}): {fn.__qualname__} is defined inside a function; "
                 "a worker can only find functions defined at the top level of a module"
             )
-        isolated = IsolatedFunction(label, fn, settings)
+        isolated = IsolatedFunction(label, fn, settings, size)
         register_label(label, isolated.task_class, _same_task)
         return isolated
 

@@ -21,8 +21,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, overload
 
+from typing_extensions import Unpack
+
 from ._handle import _Handle
-from ._settings import DEFAULTS, Settings
+from ._settings import HandleKeywords, Settings
 from ._task import In, Out, Task
 
 __all__ = ["ProcessPool"]
@@ -45,23 +47,17 @@ class ProcessPool(_Handle[In, Out]):
         self,
         task: type[Task[In, Out]],
         size: int | None = None,
-        *,
-        timeout: float | None = DEFAULTS.timeout,
-        shutdown_timeout: float = DEFAULTS.shutdown_timeout,
-        spawn_timeout: float = DEFAULTS.spawn_timeout,
-        max_message_bytes: int = DEFAULTS.max_message_bytes,
+        **keywords: Unpack[HandleKeywords],
     ) -> None:
+        """Start ``size`` workers (default ``os.cpu_count()``) for ``task``.
+
+        Keywords: as :class:`Process` (SPEC §2).
+        """
         if size is None:
             size = os.cpu_count() or 1
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, not {size!r}")
-        settings = Settings(
-            timeout=timeout,
-            shutdown_timeout=shutdown_timeout,
-            spawn_timeout=spawn_timeout,
-            max_message_bytes=max_message_bytes,
-        )
-        self._start(task, size, settings)
+        self._start(task, size, Settings.of(keywords, "ProcessPool()"))
 
     @property
     def size(self) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing_extensions import Unpack
+
 from ._handle import _Handle
-from ._settings import DEFAULTS, Settings
+from ._settings import HandleKeywords, Settings
 from ._task import In, Out, Task
 
 __all__ = ["Process"]
@@ -22,22 +24,15 @@ class Process(_Handle[In, Out]):
     at a time, in order.
     """
 
-    def __init__(
-        self,
-        task: type[Task[In, Out]],
-        *,
-        timeout: float | None = DEFAULTS.timeout,
-        shutdown_timeout: float = DEFAULTS.shutdown_timeout,
-        spawn_timeout: float = DEFAULTS.spawn_timeout,
-        max_message_bytes: int = DEFAULTS.max_message_bytes,
-    ) -> None:
-        settings = Settings(
-            timeout=timeout,
-            shutdown_timeout=shutdown_timeout,
-            spawn_timeout=spawn_timeout,
-            max_message_bytes=max_message_bytes,
-        )
-        self._start(task, 1, settings)
+    def __init__(self, task: type[Task[In, Out]], **keywords: Unpack[HandleKeywords]) -> None:
+        """Start the worker for ``task`` and wait until it is ready.
+
+        Keywords (SPEC §2; all optional): ``timeout=None``, ``shutdown_timeout=5.0``,
+        ``spawn_timeout=60.0``, ``max_message_bytes=256 MiB``, ``env=None``,
+        ``limits=None``, ``max_calls=None``, ``max_memory=None``, ``start="auto"``,
+        ``stderr="forward"``, ``stderr_tail=32 KiB``.
+        """
+        self._start(task, 1, Settings.of(keywords, "Process()"))
 
     @property
     def pid(self) -> int | None:
