@@ -19,9 +19,11 @@ carries it, otherwise as a new proxy.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import types
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeAlias, TypeVar
 
 from typing_extensions import Self
 
@@ -42,6 +44,7 @@ from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 __all__ = ["IsolationContext", "ProxyLost", "RemoteObject", "byvalue", "import_isolated"]
 
 M = TypeVar("M", bound=types.ModuleType)
+PathEntry: TypeAlias = "str | os.PathLike[str]"
 
 
 class _ModuleProxy(types.ModuleType):
@@ -116,7 +119,7 @@ class IsolationContext:
     def __init__(
         self,
         *,
-        path: Any = None,
+        path: PathEntry | Sequence[PathEntry] | None = None,
         timeout: float | None = None,
         shutdown_timeout: float = 5.0,
         spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,

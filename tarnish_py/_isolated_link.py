@@ -142,9 +142,13 @@ class Link:
                 raise ClosedError("the IsolationContext is closed")
             for _ in range(2):
                 token = self.token
-                encoded = tuple(self.encode(arg, token) for arg in args)
-                setup = None if token is not None else (self.paths, list(self.modules))
-                request = Request(op, encoded, token, self._drain(token), setup)
+                request: Request = {
+                    "op": op,
+                    "args": [self.encode(arg, token) for arg in args],
+                    "token": token,
+                    "released": self._drain(token),
+                    "setup": None if token is not None else [self.paths, list(self.modules)],
+                }
                 try:
                     status, token, payload = self.process.call(request)
                 except TaskError:
@@ -257,7 +261,7 @@ def make_process(options: dict[str, Any]) -> Process[Request, Any]:
     return Process(Broker, **options)
 
 
-def absolute_paths(path: str | os.PathLike[str] | list[Any] | tuple[Any, ...] | None) -> list[str]:
+def absolute_paths(path: Any) -> list[str]:
     """``path=`` of a context as absolute strings, in order."""
     if path is None:
         return []

@@ -5,14 +5,17 @@
     parent (_isolated)                        worker (this module)
     ------------------                        --------------------
     proxy operation                           _Broker.run(request)
-      -> _Request(op, args, token,              released ids dropped from the table
-                  released, setup)              setup (fresh worker): sys.path, imports
+      -> Request{op, args, token,               released ids dropped from the table
+                 released, setup}               setup (fresh worker): sys.path, imports
          args encoded: proxies as refs ------>  refs decoded to the real objects
                                                 _OPS[op](*args)
-      <- (VALUE, token, value)            <---  a value the wire carries, by value
-         (REF, token, (id, type name))          anything else: kept in the table
-         (SETUP | LOST | STOP | NOATTR |        what the parent must know besides
-          NOVALUE, token, detail)
+      <- [VALUE, token, value]            <---  a value the wire carries, by value
+         [REF, token, [id, type name]]          anything else: kept in the table
+         [SETUP | LOST | STOP | NOATTR |        what the parent must know besides
+          NOVALUE, token, detail]
+
+Requests and replies are dicts and lists, never tuples: msgpack packs those
+natively, while each tuple level costs the wire an extension type of its own.
 
 ``token`` names one worker process: a proxy made by another worker (one that
 crashed, or was restarted) is refused with LOST instead of touching the wrong
@@ -33,7 +36,9 @@ import secrets
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
+
+from typing_extensions import TypedDict
 
 from ._task import Task
 
@@ -117,32 +122,32 @@ def describe_uncarried(value: Any, depth: int = 0) -> str:
     return f"a {_type_name(value)}"
 
 
-class Request(NamedTuple):
+class Request(TypedDict):
     """One operation on the worker's objects."""
 
     op: str
-    args: tuple[Any, ...]  # encoded as the MARK comment above says
+    args: list[Any]  # encoded as the MARK comment above says
     token: str | None  # the worker the parent believes it talks to; None: unknown
     released: list[int]  # ids of proxies the parent dropped (of ``token``'s worker)
-    setup: tuple[list[str], list[str]] | None  # (sys.path entries, modules) for a fresh worker
+    setup: list[list[str]] | None  # [sys.path entries, modules] for a fresh worker
 
 
 def _import(name: str) -> Any:
     return sys.modules.get(name) or importlib.import_module(name)
 
 
-def _exit(obj: Any, error: tuple[str, str] | None) -> bool:
+def _exit(obj: Any, error: tuple[str, tuple[Any, ...]] | None) -> bool:
     # The parent's exception cannot travel: a builtin of the same name (or an
-    # Exception) with its message stands in for it.
+    # Exception) with its arguments stands in for it.
     if error is None:
         return bool(type(obj).__exit__(obj, None, None, None))
     cls = getattr(builtins, error[0], None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = Exception
-    return bool(type(obj).__exit__(obj, cls, cls(error[1]), None))
+    return bool(type(obj).__exit__(obj, cls, cls(*error[1]), None))
 
 
-def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     return fn(*args, **kwargs)
 
 
@@ -189,33 +194,35 @@ class Broker(Task[Request, Any]):
         self.ready = False
 
     def run(self, request: Request) -> Any:
-        if request.token == self.token:
-            for oid in request.released:
+        token = request["token"]
+        if token == self.token:
+            for oid in request["released"]:
                 self.objects.pop(oid, None)
-        if request.setup is not None:
-            self._setup(*request.setup)
+        setup = request["setup"]
+        if setup is not None:
+            self._setup(*setup)
         elif not self.ready:
-            return (SETUP, self.token, None)
-        if request.token is not None and request.token != self.token:
-            return (LOST, self.token, None)
-        args = [self._decode(arg) for arg in request.args]
-        op = request.op
+            return [SETUP, self.token, None]
+        if token is not None and token != self.token:
+            return [LOST, self.token, None]
+        args = [self._decode(arg) for arg in request["args"]]
+        op = request["op"]
         if op == "next":
             try:
                 return self._reply(next(args[0]))
             except StopIteration:
-                return (STOP, self.token, None)
+                return [STOP, self.token, None]
         if op == "getattr":
             try:
                 return self._reply(getattr(*args))
             except AttributeError as exc:
-                return (NOATTR, self.token, str(exc))
+                return [NOATTR, self.token, str(exc)]
         if op == "byvalue":
             if carried(args[0]):
-                return (VALUE, self.token, args[0])
-            return (NOVALUE, self.token, describe_uncarried(args[0]))
+                return [VALUE, self.token, args[0]]
+            return [NOVALUE, self.token, describe_uncarried(args[0])]
         if op == "count":
-            return (VALUE, self.token, len(self.objects))
+            return [VALUE, self.token, len(self.objects)]
         return self._reply(_OPS[op](*args))
 
     def _setup(self, paths: list[str], modules: list[str]) -> None:
@@ -228,12 +235,12 @@ class Broker(Task[Request, Any]):
         for name in modules:
             _import(name)
 
-    def _reply(self, result: Any) -> tuple[int, str, Any]:
+    def _reply(self, result: Any) -> list[Any]:
         if carried(result):
-            return (VALUE, self.token, result)
+            return [VALUE, self.token, result]
         oid = next(self.ids)
         self.objects[oid] = result
-        return (REF, self.token, (oid, _type_name(result)))
+        return [REF, self.token, [oid, _type_name(result)]]
 
     def _decode(self, value: Any) -> Any:
         kind = type(value)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._isolated_link import Link, Ref, Unsendable
+from ._isolated_worker import carried
 
 __all__ = ["RemoteObject"]
 
@@ -69,7 +70,7 @@ class RemoteObject:
         self._tarnish("delattr", self, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tarnish("call", self, args, kwargs)
+        return self._tarnish("call", self, list(args), kwargs)  # a list packs faster
 
     def __dir__(self) -> list[str]:
         return self._tarnish("dir", self)  # type: ignore[no-any-return]
@@ -125,7 +126,10 @@ class RemoteObject:
         return self._tarnish("enter", self)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        error = None if exc_type is None else (exc_type.__name__, str(exc))
+        error = None
+        if exc_type is not None:  # the exception cannot travel: its type name and args can
+            args = getattr(exc, "args", ())
+            error = (exc_type.__name__, args if carried(args) else (str(exc),))
         return self._tarnish("exit", self, error)  # type: ignore[no-any-return]
 
     # Comparisons.
