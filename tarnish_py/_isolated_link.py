@@ -192,8 +192,8 @@ class Link:
         if status == VALUE:
             return payload
         if status == REF:
-            oid, type_name = payload
-            return self._make_proxy(Ref(self, token, oid, type_name, path))
+            oid, type_name, named = payload
+            return self._make_proxy(Ref(self, token, oid, type_name, path if named else None))
         if status == STOP:
             raise StopIteration
         if status == NOATTR:

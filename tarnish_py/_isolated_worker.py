@@ -10,7 +10,7 @@
          args encoded: proxies as refs ------>  refs decoded to the real objects
                                                 _OPS[op](*args)
       <- [VALUE, token, value]            <---  a value the wire carries, by value
-         [REF, token, [id, type name]]          anything else: kept in the table
+         [REF, token, [id, type name, named]]   anything else: kept in the table
          [SETUP | LOST | STOP | NOATTR |        what the parent must know besides
           NOVALUE, token, detail]
 
@@ -34,6 +34,7 @@ import operator
 import os
 import secrets
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
@@ -240,7 +241,7 @@ class Broker(Task[Request, Any]):
             return [VALUE, self.token, result]
         oid = next(self.ids)
         self.objects[oid] = result
-        return [REF, self.token, [oid, _type_name(result)]]
+        return [REF, self.token, [oid, _type_name(result), _found_by_name(result)]]
 
     def _decode(self, value: Any) -> Any:
         kind = type(value)
@@ -269,6 +270,20 @@ class Broker(Task[Request, Any]):
         if what == "list":
             return [self._decode(item) for item in value[2]]
         raise ValueError(f"unknown encoded argument {what!r}")
+
+
+def _found_by_name(obj: Any) -> bool:
+    """Whether ``obj``, taken from a module, is found again by name in a fresh worker
+    as the same thing: a class, a module or a function (Python or C) -- never an
+    instance, whose state dies with its worker, nor a method bound to one."""
+    if isinstance(obj, (type, types.ModuleType)):
+        return True
+    owner = getattr(obj, "__self__", None)
+    return (
+        callable(obj)
+        and (owner is None or isinstance(owner, types.ModuleType))
+        and hasattr(obj, "__qualname__")
+    )
 
 
 def _type_name(obj: Any) -> str:

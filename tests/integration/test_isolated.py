@@ -403,6 +403,7 @@ def main():
     counter = b.Counter(3)
     bump = counter.bump
     total = b.total  # a module's function: found again by name after a crash
+    anchor = b.ANCHOR  # a module's instance: its state dies with the worker
     crashed = outcome(b.segfault)
     second_pid = ctx.pid
     lost = outcome(lambda: counter.bump())
@@ -411,7 +412,8 @@ def main():
          lost=lost, bound_method_lost=outcome(bump)["error"],
          repr=repr(counter), works=b.Counter(2).bump(), by_name=total(b.Counter(4)),
          reimported=["brittle" in worker_sys.modules, "plugin" in worker_sys.modules],
-         as_argument=outcome(b.total, counter)["error"])
+         as_argument=outcome(b.total, counter)["error"],
+         instance_constant=outcome(lambda: anchor.bump())["error"])
 
     # A timeout of the context kills the worker like a crash.
     late = b.Counter(1)
@@ -478,7 +480,7 @@ def test_crash_timeout_restart_and_contexts(run_script) -> None:
     assert crash["repr"].startswith("<RemoteObject brittle.Counter (lost: its worker crashed")
     assert crash["works"] == 3 and crash["by_name"] == 4
     assert crash["reimported"] == [True, True]  # at once, with the first request
-    assert crash["as_argument"] == "ProxyLost"
+    assert crash["as_argument"] == "ProxyLost" and crash["instance_constant"] == "ProxyLost"
 
     timeout = steps["timeout"]
     assert timeout["error"] == "TaskTimeout" and "timeout" in timeout["lost"]
