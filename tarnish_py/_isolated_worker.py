@@ -4,7 +4,7 @@
 
     parent (_isolated)                        worker (this module)
     ------------------                        --------------------
-    proxy operation                           _Broker.run(request)
+    proxy operation                           Broker.run(request)
       -> Request{op, args, token,               released ids dropped from the table
                  released, setup}               setup (fresh worker): sys.path, imports
          args encoded: proxies as refs ------>  refs decoded to the real objects
