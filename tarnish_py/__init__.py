@@ -20,9 +20,16 @@ from ._errors import (  # noqa: E402
     TaskTimeout,
     WorkerCrashed,
 )
+from ._isolated import (  # noqa: E402
+    IsolationContext,
+    ProxyLost,
+    RemoteObject,
+    byvalue,
+    import_isolated,
+)
 from ._pool import ProcessPool  # noqa: E402
-from ._settings import Limits  # noqa: E402
 from ._process import Process  # noqa: E402
+from ._settings import Limits  # noqa: E402
 from ._task import Task  # noqa: E402
 from ._worker import main  # noqa: E402
 
@@ -30,16 +37,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "IsolationContext",
     "Limits",
     "Process",
     "ProcessPool",
     "ProtocolError",
+    "ProxyLost",
+    "RemoteObject",
     "SpawnError",
     "TarnishError",
     "Task",
     "TaskError",
     "TaskTimeout",
     "WorkerCrashed",
+    "byvalue",
+    "import_isolated",
     "main",
     "task",
 ]

@@ -74,9 +74,10 @@ class IsolatedFunction(Generic[P, R]):
     """A function that runs in an isolated worker; made by :func:`task`.
 
     Calling it runs the function in the workers kept for its label (``size`` of
-    them, default 1; started on first use, replaced after a crash) and returns the result. ``submit`` and
-    ``acall`` are the Future and asyncio forms; ``map`` runs many calls over a
-    temporary :class:`ProcessPool`; ``close`` stops the worker.
+    them, default 1; started on first use, replaced after a crash) and returns
+    the result. ``submit`` and ``acall`` are the Future and asyncio forms;
+    ``map`` runs many calls over a temporary :class:`ProcessPool`; ``close``
+    stops the workers.
     """
 
     def __init__(

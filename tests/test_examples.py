@@ -21,6 +21,14 @@ EXPECTED = {
     "inline_task.py": ["scale(1.5) = 3.0", "(SIGABRT)", "parse('42') = 42"],
     "cpu_bound_ffi.py": ["speedup"],
     "batch_with_crashes.py": ["5 crashed (SIGSEGV)", "3 crashed (SIGABRT)", "29 ok"],
+    "isolated_module.py": [
+        "imported in this process: False",
+        "buffer is a RemoteObject: True; len=16, writes=1",
+        "crashed the worker (SIGSEGV)",
+        "parse_header(b'\\x02\\x07') = {'length': 2, 'kind': 7}",
+        "ProxyLost: the remote brittle_native.Buffer object was lost",
+        "a new buffer works: b'again",
+    ],
 }
 
 

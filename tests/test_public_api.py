@@ -12,6 +12,7 @@ import tarnish_py
 from tarnish_py import (
     ClosedError,
     ProtocolError,
+    ProxyLost,
     SpawnError,
     TarnishError,
     TaskError,
@@ -26,6 +27,7 @@ ERRORS: list[type[TarnishError]] = [
     SpawnError,
     ProtocolError,
     ClosedError,
+    ProxyLost,
 ]
 
 
@@ -54,7 +56,18 @@ def test_star_import_gives_exactly_all() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Task", "Process", "main", *(e.__name__ for e in ERRORS), "TarnishError"]
+    "name",
+    [
+        "Task",
+        "Process",
+        "main",
+        *(e.__name__ for e in ERRORS),
+        "TarnishError",
+        "import_isolated",
+        "IsolationContext",
+        "RemoteObject",
+        "byvalue",
+    ],
 )
 def test_spec_names_are_exported(name: str) -> None:
     assert name in tarnish_py.__all__
@@ -124,9 +137,19 @@ SAMPLES: list[TarnishError] = [
     SpawnError("no stderr"),
     ProtocolError("garbage on the channel"),
     ClosedError("closed"),
+    ProxyLost("mylib.Image", "crashed (pid 7, killed by SIGSEGV)"),
     TarnishError("base"),
 ]
-FIELDS = ["type_name", "message", "traceback", "exitcode", "signal", "stderr", "timeout"]
+FIELDS = [
+    "type_name",
+    "message",
+    "traceback",
+    "exitcode",
+    "signal",
+    "stderr",
+    "timeout",
+    "reason",
+]
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
@@ -145,3 +168,10 @@ def test_spawn_error_with_stderr_survives_pickling() -> None:
     back = pickle.loads(pickle.dumps(error))
     assert back.stderr == error.stderr
     assert str(back) == str(error)
+
+
+def test_proxy_lost_says_the_object_went_with_its_worker() -> None:
+    error = ProxyLost("mylib.Image", "crashed (pid 7, killed by SIGSEGV)")
+    assert (error.type_name, error.reason) == ("mylib.Image", "crashed (pid 7, killed by SIGSEGV)")
+    assert "mylib.Image" in str(error) and "lost with the worker" in str(error)
+    assert "crashed (pid 7, killed by SIGSEGV)" in str(error)

@@ -9,15 +9,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "tests" / "typing" / "typing_examples.py"
+EXAMPLES = sorted((REPO / "tests" / "typing").glob("*.py"))
 
 # Each line marked "# E: <text>" must get a mypy error containing <text>;
 # no other line may get one.
 MISUSE = """
 import asyncio
 
-from tarnish_py import Process, ProcessPool, Task, task
+import json
+from typing import Protocol
+
+from tarnish_py import IsolationContext, Process, ProcessPool, Task, task
 
 
 class Double(Task[int, int]):
@@ -37,6 +42,14 @@ asyncio.run(p.acall([1]))  # E: incompatible type "list[int]"; expected "int"
 text: str = p.call(1)  # E: Incompatible types in assignment
 ProcessPool(Double).map(["a"])  # E: List item 0 has incompatible type "str"; expected "int"
 scale("x")  # E: incompatible type "str"; expected "float"
+
+
+class NotJson(Protocol):
+    def parse(self, text: str) -> int: ...
+
+
+api: NotJson = IsolationContext().isolate(json)  # E: Incompatible types in assignment
+IsolationContext().isolate("json")  # E: Value of type variable "M" of "isolate"
 """
 
 
@@ -59,8 +72,9 @@ def mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_examples_type_check(tmp_path: Path) -> None:
-    result = mypy(EXAMPLES, tmp_path / "cache")
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_type_check(path: Path, tmp_path: Path) -> None:
+    result = mypy(path, tmp_path / "cache")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
