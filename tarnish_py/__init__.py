@@ -20,6 +20,7 @@ from ._errors import (  # noqa: E402
     TaskTimeout,
     WorkerCrashed,
 )
+from ._executor import IsolatedExecutor  # noqa: E402
 from ._pool import ProcessPool  # noqa: E402
 from ._process import Process  # noqa: E402
 from ._task import Task  # noqa: E402
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "IsolatedExecutor",
     "Process",
     "ProcessPool",
     "ProtocolError",
