@@ -54,6 +54,25 @@ T = TypeVar("T")
 _LOGGER = logging.getLogger("concurrent.futures")
 
 
+class _Once:
+    """A done-callback that lets go of its target once it has run.
+
+    A pool's Future may outlive its call (the pool's thread keeps its last
+    job), and a Future keeps its callbacks: without this, it would keep the
+    executor, and the Future given to the caller with its result, alive.
+    """
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Callable[[cf.Future[Any]], None]) -> None:
+        self._target: Callable[[cf.Future[Any]], None] | None = target
+
+    def __call__(self, future: cf.Future[Any]) -> None:
+        target, self._target = self._target, None
+        if target is not None:
+            target(future)
+
+
 class _Future(cf.Future[Any]):
     """The Future ``submit`` returns: it follows the pool's Future of the call.
 
@@ -65,7 +84,7 @@ class _Future(cf.Future[Any]):
         super().__init__()
         self._inner: cf.Future[Any] | None = inner
         self._load = load
-        inner.add_done_callback(self._follow)
+        inner.add_done_callback(_Once(self._follow))
 
     def cancel(self) -> bool:
         inner = self._inner
@@ -242,7 +261,7 @@ class IsolatedExecutor(cf.Executor):
             inner = self._pool_for(module, qualname).submit(record)
             self._outstanding.add(inner)
         future = _Future(inner, signature.load_result)
-        inner.add_done_callback(self._forget)
+        inner.add_done_callback(_Once(self._forget))
         return future
 
     def map(
