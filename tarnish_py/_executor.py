@@ -252,6 +252,8 @@ class IsolatedExecutor(cf.Executor):
         an argument that does not match its annotation (nothing is sent), and
         ``RuntimeError`` after :meth:`shutdown`.
         """
+        if self._shutdown:  # checked again under the lock; first, as the standard library does
+            raise _after_shutdown()
         module, qualname, signature = self._call_for(fn)
         call_args, call_kwargs = signature.dump_arguments(args, kwargs)
         record = {"module": module, "qualname": qualname, "args": call_args, "kwargs": call_kwargs}
@@ -296,15 +298,16 @@ class IsolatedExecutor(cf.Executor):
     def _forget(self, inner: cf.Future[Any]) -> None:
         with self._lock:
             self._outstanding.discard(inner)
-        self._close_if_idle()
+            pool = self._idle_pool_to_close()
+        if pool is not None:
+            pool.close()
 
-    def _close_if_idle(self) -> None:
-        with self._lock:
-            pool = self._pool
-            if not (self._close_when_idle and not self._outstanding and pool is not None):
-                return
+    def _idle_pool_to_close(self) -> ProcessPool[Any, Any] | None:
+        """Under the lock: the pool, once, when shutdown(wait=False) waits for idleness."""
+        if self._close_when_idle and not self._outstanding and self._pool is not None:
             self._close_when_idle = False
-        pool.close()
+            return self._pool
+        return None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls and stop the workers once the submitted calls are done.
@@ -326,7 +329,10 @@ class IsolatedExecutor(cf.Executor):
         if pool is None:
             return
         if not wait:
-            self._close_if_idle()
+            with self._lock:
+                idle_pool = self._idle_pool_to_close()
+            if idle_pool is not None:
+                idle_pool.close()
             return
         try:
             cf.wait([f for f in outstanding if not f.cancelled()])

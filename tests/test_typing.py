@@ -17,7 +17,7 @@ EXAMPLES = REPO / "tests" / "typing" / "typing_examples.py"
 MISUSE = """
 import asyncio
 
-from tarnish_py import Process, ProcessPool, Task, task
+from tarnish_py import IsolatedExecutor, Process, ProcessPool, Task, task
 
 
 class Double(Task[int, int]):
@@ -37,6 +37,7 @@ asyncio.run(p.acall([1]))  # E: incompatible type "list[int]"; expected "int"
 text: str = p.call(1)  # E: Incompatible types in assignment
 ProcessPool(Double).map(["a"])  # E: List item 0 has incompatible type "str"; expected "int"
 scale("x")  # E: incompatible type "str"; expected "float"
+IsolatedExecutor().submit(scale, "x")  # E: incompatible type "str"; expected "float"
 """
 
 

@@ -407,6 +407,19 @@ def parent():
     del ex
     gc.collect()
     emit(del_shutdown=dict(results=results, workers_gone=[wait_dead(p) for p in pids]))
+
+    # Ctrl-C leaving the with block waits for nothing (SPEC §4): queued calls are
+    # cancelled and the running one's worker is killed.
+    try:
+        with IsolatedExecutor(max_workers=1) as ex:
+            running = ex.submit(block_and_announce, "never")
+            queued = ex.submit(block, "never")
+            pid = announced_pid("never")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    emit(ctrl_c=dict(running=describe(running.exception(20)), queued=queued.cancelled(),
+                     worker_gone=wait_dead(pid)))
 """,
     )
     expected = [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
@@ -431,6 +444,7 @@ def parent():
     }
     assert rec["context_manager"] == {"results": expected, "workers_gone": [True, True]}
     assert rec["del_shutdown"] == {"results": expected, "workers_gone": [True, True]}
+    assert rec["ctrl_c"] == {"running": "ClosedError", "queued": True, "worker_gone": True}
 
 
 def test_a_crash_fails_only_its_future(run_script) -> None:
