@@ -27,6 +27,12 @@ tarnish_py. A pool of it is started in one of two ways (:func:`internal_task`):
 * re-executed: the worker re-runs the program, which calls
   ``tarnish_py.main()``; ``main()`` serves the label, so ``__main__``
   functions are found, and importable modules too.
+
+Why a label and not a plain Task class here: the core finds a class through
+its module, and a re-executed program's ``__main__`` does not define ours; the
+``@task`` label registry is the one lookup both kinds of worker share, and it
+is filled by importing tarnish_py, before ``main()`` serves. One pool then runs
+any number of different functions, one record per call.
 """
 
 from __future__ import annotations
