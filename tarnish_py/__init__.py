@@ -20,6 +20,7 @@ from ._errors import (  # noqa: E402
     TaskTimeout,
     WorkerCrashed,
 )
+from ._executor import IsolatedExecutor  # noqa: E402
 from ._isolated import (  # noqa: E402
     IsolationContext,
     ProxyLost,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClosedError",
+    "IsolatedExecutor",
     "IsolationContext",
     "Limits",
     "Process",

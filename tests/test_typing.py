@@ -22,7 +22,7 @@ import asyncio
 import json
 from typing import Protocol
 
-from tarnish_py import IsolationContext, Process, ProcessPool, Task, task
+from tarnish_py import IsolatedExecutor, IsolationContext, Process, ProcessPool, Task, task
 
 
 class Double(Task[int, int]):
@@ -42,6 +42,7 @@ asyncio.run(p.acall([1]))  # E: incompatible type "list[int]"; expected "int"
 text: str = p.call(1)  # E: Incompatible types in assignment
 ProcessPool(Double).map(["a"])  # E: List item 0 has incompatible type "str"; expected "int"
 scale("x")  # E: incompatible type "str"; expected "float"
+IsolatedExecutor().submit(scale, "x")  # E: incompatible type "str"; expected "float"
 
 
 class NotJson(Protocol):

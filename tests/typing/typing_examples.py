@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from typing_extensions import assert_type
 
-from tarnish_py import Process, ProcessPool, Task, task
+from tarnish_py import IsolatedExecutor, Process, ProcessPool, Task, task
 
 
 class Double(Task[int, int]):
@@ -66,3 +66,20 @@ async def decorated_function() -> None:
     assert_type(scale(1.5, factor=3.0), float)
     assert_type(scale.submit(1.5), cf.Future[float])
     assert_type(await scale.acall(1.5), float)
+
+
+def parse(blob: bytes, *, strict: bool = False) -> list[str]:
+    return blob.decode().split()
+
+
+async def executor_calls() -> None:
+    import asyncio
+
+    with IsolatedExecutor(max_workers=2, timeout=60) as ex:
+        assert_type(ex, IsolatedExecutor)
+        assert_type(ex.submit(parse, b"a b"), cf.Future[list[str]])
+        assert_type(ex.submit(parse, b"a b", strict=True), cf.Future[list[str]])
+        assert_type(ex.map(parse, [b"a"], timeout=5.0), Iterator[list[str]])
+        assert_type(ex.submit(scale, 1.5), cf.Future[float])
+        loop = asyncio.get_running_loop()
+        assert_type(await loop.run_in_executor(ex, parse, b"a"), list[str])
