@@ -107,9 +107,10 @@ def require_state_codec(cls: type[Task[Any, Any]], what: str) -> StateCodec:
     """The state codec of ``cls``; a TypeError naming ``what`` needed it when it has none."""
     built = state_codec(cls)
     if built is None:
+        name = getattr(cls, "_tarnish_origin", cls.__qualname__)  # an @task: its function
         raise TypeError(
-            f"{what} needs the state hooks, which {cls.__qualname__} does not define: "
-            "def snapshot(self) -> S and def restore(self, state: S) -> None (SPEC §7)"
+            f"{what} needs the state hooks, which {name} does not define: "
+            "def snapshot(self) -> S and def restore(self, state: S) -> None"
         )
     return built
 
