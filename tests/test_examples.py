@@ -21,6 +21,12 @@ EXPECTED = {
     "inline_task.py": ["scale(1.5) = 3.0", "(SIGABRT)", "parse('42') = 42"],
     "cpu_bound_ffi.py": ["speedup"],
     "batch_with_crashes.py": ["5 crashed (SIGSEGV)", "3 crashed (SIGABRT)", "29 ok"],
+    "stateful_counter.py": [
+        "count after the crash: 3 (kept)",
+        "count after the crash: 0 (lost)",
+        "restored the snapshot: 1",
+        "a new Process restored counter.snap: 1",
+    ],
 }
 
 
