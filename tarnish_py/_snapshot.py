@@ -9,6 +9,7 @@ snapshot and restore, restore_on_crash bookkeeping, and the snapshot file format
     restore_on_crash (per slot, :class:`StateKeeper`):
             call(x)              CALL_KEEP(x) --> worker  run(x), then encode(task.snapshot())
                                  Result([out, state]) <--  the parent keeps ``state`` (plain)
+                                 Result([out])        <--  the state is the one last sent
             a worker that does not hold the kept state (a replacement after a crash,
             timeout, restart or recycle) gets RESTORE(kept) before its first request
     file    MAGIC + msgpack {"format": 1, "task": "module:name", "state": plain}
@@ -42,6 +43,7 @@ __all__ = [
     "answer",
     "check_restore_on_crash",
     "read_file",
+    "reply_failed",
     "require_state_codec",
     "state_codec",
     "task_identity",
@@ -142,11 +144,36 @@ def answer(instance: Task[Any, Any], request: _protocol.StateRequest, task_codec
     kind = request.kind
     if kind == _protocol.CALL_KEEP:
         out = task_codec.encode_output(instance.run(task_codec.decode_input(request.value)))
-        return [out, states.encode(instance.snapshot())]  # type: ignore[attr-defined]
+        state = states.encode(instance.snapshot())  # type: ignore[attr-defined]
+        packed = _wire.pack(state)
+        if packed == _sent.packed:
+            return [out]  # the parent keeps this very state already
+        _sent.packed = packed
+        return [out, state]
     if kind == _protocol.SNAPSHOT:
         return states.encode(instance.snapshot())  # type: ignore[attr-defined]
+    _sent.packed = None  # the parent's kept state is about to change
     instance.restore(states.decode(request.value))  # type: ignore[attr-defined]
     return None
+
+
+class _Sent:
+    """In a worker: the packed state its last CALL_KEEP reply sent to the parent.
+
+    A state equal to it is not sent again: a large state that rarely changes then
+    costs a comparison per call, not a trip over the pipe. None whenever the
+    parent's kept state may differ (nothing sent yet, a restore, a failed reply).
+    """
+
+    packed: bytes | None = None
+
+
+_sent = _Sent()
+
+
+def reply_failed() -> None:
+    """In a worker: a reply was not sent after all, so the next state must be."""
+    _sent.packed = None
 
 
 # -- in the parent: restore_on_crash ---------------------------------------------
@@ -191,9 +218,12 @@ class StateKeeper:
     def after(self, conn: object, kind: int, payload: Any, value: Any) -> Any:
         """Called with each successful reply from ``conn``; returns the caller's value."""
         if kind == _protocol.CALL_KEEP:
-            if type(value) is not list or len(value) != 2:
+            if type(value) is not list or not 1 <= len(value) <= 2:
                 raise ProtocolError(f"the worker answered a call without its state: {value!r:.200}")
-            value, self._state = value
+            if len(value) == 2:
+                self._state = value[1]
+            # else: unchanged since the state this worker last sent (or was restored to)
+            value = value[0]
             self._holder = conn
         elif kind == _protocol.RESTORE:
             self._state = payload

@@ -129,6 +129,7 @@ def _state_reply(
                 f"the state takes {len(reply)} bytes, more than max_message_bytes ({limit})"
             )
     except BaseException as exc:  # any exception of a hook is a task error (SPEC §2)
+        _snapshot.reply_failed()
         reply = _protocol.error_packed(_error(request.call_id, exc))
     return reply
 

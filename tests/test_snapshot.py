@@ -129,6 +129,7 @@ def test_keeper_restores_a_new_worker_once() -> None:
     assert keeper.before(first, _protocol.CALL, call, None) == _protocol.CALL_KEEP
     assert keeper.after(first, _protocol.CALL_KEEP, "x", ["out", 5]) == "out"
     assert keeper.before(first, _protocol.CALL, call, None) == _protocol.CALL_KEEP
+    assert keeper.after(first, _protocol.CALL_KEEP, "y", ["same state"]) == "same state"
     assert sent == []  # the worker that made the state has it
     assert keeper.before(conn, _protocol.SNAPSHOT, call, None) == _protocol.SNAPSHOT
     assert sent == [(5, _protocol.RESTORE)]
