@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 
 from typing_extensions import Unpack
 
+from . import _snapshot
 from ._handle import _Handle
 from ._settings import HandleKeywords, Settings
 from ._task import In, Out, Task
@@ -47,17 +48,25 @@ class ProcessPool(_Handle[In, Out]):
         self,
         task: type[Task[In, Out]],
         size: int | None = None,
+        *,
+        restore_on_crash: bool = False,
         **keywords: Unpack[HandleKeywords],
     ) -> None:
         """Start ``size`` workers (default ``os.cpu_count()``) for ``task``.
 
-        Keywords: as :class:`Process` (SPEC §2).
+        Keywords: as :class:`Process` (SPEC §2), ``restore_on_crash`` included:
+        each worker position keeps its own state.
         """
         if size is None:
             size = os.cpu_count() or 1
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, not {size!r}")
-        self._start(task, size, Settings.of(keywords, "ProcessPool()"))
+        settings = Settings.of(keywords, "ProcessPool()")
+        _snapshot.check_restore_on_crash(task, restore_on_crash, "ProcessPool()")
+        self._start(task, size, settings)
+        if restore_on_crash:
+            for slot in self._dispatcher.slots:
+                slot.keeper = _snapshot.StateKeeper()
 
     @property
     def size(self) -> int:

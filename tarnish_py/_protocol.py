@@ -8,6 +8,9 @@
                        Fatal(message)               the worker cannot serve
     parent -> worker   Call(call_id, value)
                        Shutdown()
+                       StateRequest(kind, call_id, value)   SNAPSHOT, RESTORE or CALL_KEEP
+                                                            (``_snapshot``); answered by
+                                                            Result or Error
 
 On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
 (``_wire``). The worker writes one extra 0x00 before Hello so that anything a
@@ -29,18 +32,22 @@ from ._errors import ProtocolError
 
 __all__ = [
     "CALL",
+    "CALL_KEEP",
     "ERROR",
     "FATAL",
     "HELLO",
     "PROTOCOL_VERSION",
+    "RESTORE",
     "RESULT",
     "SHUTDOWN",
+    "SNAPSHOT",
     "Call",
     "Error",
     "Fatal",
     "Hello",
     "Result",
     "Shutdown",
+    "StateRequest",
     "fatal_frame",
     "hello_frame",
     "parse_reply",
@@ -57,6 +64,11 @@ RESULT: Final = 2
 ERROR: Final = 3
 SHUTDOWN: Final = 4
 FATAL: Final = 5
+# State requests (SPEC §7, ``_snapshot``): [kind, call_id, value], answered like a call.
+SNAPSHOT: Final = 6  # value None; the Result is the task's state
+RESTORE: Final = 7  # value: the state; the Result is None
+CALL_KEEP: Final = 8  # a Call whose Result is [output, state] (restore_on_crash)
+_STATE_KINDS: Final = (SNAPSHOT, RESTORE, CALL_KEEP)
 
 
 class Hello(NamedTuple):
@@ -89,8 +101,14 @@ class Shutdown(NamedTuple):
     pass
 
 
+class StateRequest(NamedTuple):
+    kind: int  # SNAPSHOT, RESTORE or CALL_KEEP
+    call_id: int
+    value: Any
+
+
 Reply = Result | Error
-Request = Call | Shutdown
+Request = Call | Shutdown | StateRequest
 
 
 # -- building ----------------------------------------------------------------
@@ -124,8 +142,8 @@ class Packer:
     def __init__(self) -> None:
         self._pack: Callable[[Any], bytes] = _wire.packer()
 
-    def call(self, call_id: int, value: Any) -> bytes:
-        return self._pack([CALL, call_id, value])
+    def call(self, call_id: int, value: Any, kind: int = CALL) -> bytes:
+        return self._pack([kind, call_id, value])
 
     def result(self, call_id: int, value: Any) -> bytes:
         return self._pack([RESULT, call_id, value])
@@ -161,4 +179,6 @@ def parse_request(message: list[Any]) -> Request:
         return Call(message[1], message[2])
     if kind == SHUTDOWN:
         return Shutdown()
+    if kind in _STATE_KINDS and len(message) == 3:
+        return StateRequest(kind, message[1], message[2])
     raise ProtocolError(f"unexpected message kind {kind!r} from the parent")

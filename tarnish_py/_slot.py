@@ -39,6 +39,7 @@ from ._errors import (
     exit_text,
 )
 from ._settings import Settings
+from ._snapshot import StateKeeper
 
 __all__ = ["Kill", "Slot", "WorkerSpec"]
 
@@ -107,6 +108,8 @@ class Slot:
         self._next_id = 0
         self._pack = _protocol.Packer()  # one holder at a time: a reused Packer is safe
         self._closing = False
+        #: restore_on_crash (SPEC §7): set by the handle; see ``_snapshot.StateKeeper``.
+        self.keeper: StateKeeper | None = None
 
     @property
     def pid(self) -> int | None:
@@ -156,12 +159,15 @@ class Slot:
 
     # -- calling -----------------------------------------------------------
 
-    def call(self, payload: Any, timeout: float | None) -> Any:
-        """Run one call on this slot's worker and return the raw result."""
+    def call(self, payload: Any, timeout: float | None, kind: int = _protocol.CALL) -> Any:
+        """Run one call (or state request, ``kind``) on this slot's worker; the raw result."""
         conn = self.ready()
+        keeper = self.keeper
+        if keeper is not None:  # a replacement worker gets the kept state first
+            kind = keeper.before(conn, kind, self.call, timeout)
         self._next_id += 1
         call_id = self._next_id
-        packed = self._pack.call(call_id, payload)
+        packed = self._pack.call(call_id, payload, kind)
         if len(packed) > self._limit:
             raise ValueError(
                 f"the input takes {len(packed)} bytes, more than max_message_bytes "
@@ -187,6 +193,8 @@ class Slot:
             self._discard(conn)
             raise
         if type(reply) is _protocol.Result:
+            if keeper is not None:
+                return keeper.after(conn, kind, payload, reply.value)
             return reply.value
         assert isinstance(reply, _protocol.Error)
         error = TaskError(reply.type_name, reply.message, reply.traceback)

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _protocol, _wire
+from . import _boot, _protocol, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -95,7 +95,12 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             except Exception as exc:
                 _boot.fatal(str(exc))
             if type(request) is not _protocol.Call:
-                _shutdown(instance)
+                if type(request) is not _protocol.StateRequest:
+                    _shutdown(instance)
+                # Snapshot, restore, or a call that also returns the state (SPEC §7).
+                reply = _state_reply(instance, request, task_codec, packer, limit)
+                _boot.write_all(channel_out, _wire.frame_packed(reply))
+                continue
             call_id, value = request
             try:
                 reply = packer.result(call_id, encode_output(run(decode_input(value))))
@@ -107,6 +112,26 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             except Exception as exc:
                 reply = _protocol.error_packed(_error(call_id, exc))
             _boot.write_all(channel_out, _wire.frame_packed(reply))
+
+
+def _state_reply(
+    instance: Task[Any, Any],
+    request: _protocol.StateRequest,
+    task_codec: Codec,
+    packer: _protocol.Packer,
+    limit: int,
+) -> bytes:
+    """The packed reply to a state request (``_snapshot.answer`` does the work)."""
+    try:
+        reply = packer.result(request.call_id, _snapshot.answer(instance, request, task_codec))
+        if len(reply) > limit:
+            raise ValueError(
+                f"the state takes {len(reply)} bytes, more than max_message_bytes ({limit})"
+            )
+    except BaseException as exc:  # any exception of a hook is a task error (SPEC §2)
+        _snapshot.reply_failed()
+        reply = _protocol.error_packed(_error(request.call_id, exc))
+    return reply
 
 
 def _error(call_id: int, exc: BaseException) -> _protocol.Error:

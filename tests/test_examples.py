@@ -29,6 +29,12 @@ EXPECTED = {
         "ProxyLost: the remote brittle_native.Buffer object was lost",
         "a new buffer works: b'again",
     ],
+    "stateful_counter.py": [
+        "count after the crash: 3 (kept)",
+        "count after the crash: 0 (lost)",
+        "restored the snapshot: 1",
+        "a new Process restored counter.snap: 1",
+    ],
 }
 
 
