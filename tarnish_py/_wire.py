@@ -60,6 +60,8 @@ _EXT_FROZENSET: Final = 9
 _EXT_TUPLE: Final = 10
 _EXT_COMPLEX: Final = 11
 _EXT_ZONED_DATETIME: Final = 12
+_EXT_OFFSET_DATETIME: Final = 13  # an offset with microseconds: isoformat loses them
+_EXT_OFFSET_TIME: Final = 14
 
 # Containers inside ext types nest through msgpack calls, and each level costs
 # tens of KiB of C stack: a few hundred levels would crash the reader's process.
@@ -167,7 +169,32 @@ def _datetime(d: _dt.datetime) -> msgpack.ExtType:
     key = getattr(d.tzinfo, "key", None)  # a zoneinfo.ZoneInfo: keep the zone itself,
     if isinstance(key, str):  # or a time in a DST fold would not compare equal
         return msgpack.ExtType(_EXT_ZONED_DATETIME, pack([d.isoformat(), key]))
+    offset = d.utcoffset()
+    if offset is not None and offset.microseconds:
+        naive = d.replace(tzinfo=None).isoformat()
+        return msgpack.ExtType(_EXT_OFFSET_DATETIME, pack([naive, _micros(offset)]))
     return msgpack.ExtType(_EXT_DATETIME, d.isoformat().encode())
+
+
+def _time(t: _dt.time) -> msgpack.ExtType:
+    offset = t.utcoffset()
+    if offset is not None and offset.microseconds:
+        naive = t.replace(tzinfo=None).isoformat()
+        return msgpack.ExtType(_EXT_OFFSET_TIME, pack([naive, _micros(offset)]))
+    return msgpack.ExtType(_EXT_TIME, t.isoformat().encode())
+
+
+def _micros(offset: _dt.timedelta) -> int:
+    return (offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds
+
+
+def _with_offset(parse: Callable[[str], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        iso, micros = unpack(data)
+        zone = _dt.timezone(_dt.timedelta(microseconds=micros))
+        return parse(iso).replace(tzinfo=zone)
+
+    return decode
 
 
 def _zoned_datetime(data: bytes) -> _dt.datetime:
@@ -202,7 +229,7 @@ _ENCODERS: Final[dict[type, Callable[[Any], Any]]] = {
     uuid.UUID: lambda u: msgpack.ExtType(_EXT_UUID, u.bytes),
     _dt.datetime: _datetime,
     _dt.date: lambda d: msgpack.ExtType(_EXT_DATE, d.isoformat().encode()),
-    _dt.time: lambda t: msgpack.ExtType(_EXT_TIME, t.isoformat().encode()),
+    _dt.time: _time,
     _dt.timedelta: lambda t: msgpack.ExtType(
         _EXT_TIMEDELTA, pack([t.days, t.seconds, t.microseconds])
     ),
@@ -236,6 +263,8 @@ _DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
     _EXT_TUPLE: lambda b: tuple(_unpack_nested(b)),
     _EXT_COMPLEX: _complex,
     _EXT_ZONED_DATETIME: _zoned_datetime,
+    _EXT_OFFSET_DATETIME: _with_offset(_dt.datetime.fromisoformat),
+    _EXT_OFFSET_TIME: _with_offset(_dt.time.fromisoformat),
 }
 
 

@@ -790,3 +790,20 @@ def test_pending_bytes_are_not_rescanned() -> None:
         assert reader.pending == fed
     assert len(reader.feed(b"\x00")) == 1
     assert reader.pending == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
+        dt.datetime(1999, 12, 31, 23, 59, 59, 5, tzinfo=dt.timezone(-dt.timedelta(0, 61, 7))),
+        dt.time(1, 2, 3, tzinfo=dt.timezone(dt.timedelta(hours=5, microseconds=250))),
+    ],
+    ids=["datetime_plus_1us", "datetime_minus_61s_7us", "time_plus_5h_250us"],
+)
+def test_offsets_with_microseconds_round_trip(value: Any) -> None:
+    # Found by hypothesis: isoformat() writes the offset's microseconds but
+    # fromisoformat() on 3.11 drops them, so the value came back in UTC.
+    got = _wire.unpack(_wire.pack(value))
+    assert_same(value, got)
+    assert got.utcoffset() == value.utcoffset()
