@@ -11,8 +11,9 @@ raise it again; a limit is never raised above the hard limit the worker
 inherited. What a task sees when it breaks one:
 
     memory       RLIMIT_AS      allocation fails: MemoryError (a TaskError)
-    cpu_seconds  RLIMIT_CPU     SIGXCPU kills the worker (WorkerCrashed); the hard
-                                limit, one second later, is a SIGKILL
+    cpu_seconds  RLIMIT_CPU     SIGXCPU kills the worker (WorkerCrashed, with the
+                                Python stack in .stderr); the hard limit, one
+                                second later, is a SIGKILL
     open_files   RLIMIT_NOFILE  OSError EMFILE (a TaskError)
     processes    RLIMIT_NPROC   fork/spawn fails: BlockingIOError (a TaskError);
                                 counts every process and thread of the user, and
@@ -27,6 +28,7 @@ Nothing here runs in the parent: a limit never harms it.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import signal
 from typing import Any
 
@@ -87,3 +89,7 @@ def apply(pairs: Pairs) -> None:
         resource.setrlimit(which, (min(value, new_hard), new_hard))
         if name == "file_size" and hasattr(signal, "SIGXFSZ"):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if name == "cpu_seconds" and hasattr(signal, "SIGXCPU") and faulthandler.is_enabled():
+            # The Python stack where the CPU ran out, in WorkerCrashed.stderr; then
+            # the signal's default action ends the worker as before.
+            faulthandler.register(signal.SIGXCPU, all_threads=True, chain=True)

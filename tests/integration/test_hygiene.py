@@ -175,7 +175,7 @@ def attempt(p, what):
     except TaskError as e:
         return dict(error="TaskError", type_name=e.type_name, message=e.message)
     except WorkerCrashed as e:
-        return dict(error="WorkerCrashed", signal=e.signal)
+        return dict(error="WorkerCrashed", signal=e.signal, where="in spin" in e.stderr)
 
 
 def parent():
@@ -236,7 +236,7 @@ def test_each_limit_hit_as_documented(run_script) -> None:
     assert out["after"]["value"]["pid"] == out["limits"]["value"]["pid"]
     assert out["same_pid"]  # every one of these is a TaskError: the worker was kept
 
-    assert out["spin"] == {"error": "WorkerCrashed", "signal": "SIGXCPU"}
+    assert out["spin"] == {"error": "WorkerCrashed", "signal": "SIGXCPU", "where": True}
     assert out["spin_replaced"] and "value" in out["after_spin"]
 
     assert record["after"] == record["before"]
