@@ -40,14 +40,32 @@ _REAP_JOIN = 5.0  # after a SIGKILL the reap is quick; bounded all the same
 _SEND_GRACE = 1.0  # the Shutdown frame is tiny: room in the pipe, or the worker is wedged
 
 
-def _rss_proc(pid: int) -> int | None:
-    # statm's second field is resident pages: the VmRSS of /proc/<pid>/status,
-    # at a fraction of the parsing.
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
+class _Statm:
+    """A worker's /proc/<pid>/statm, kept open: one pread per call (about 1 µs).
+
+    Its second field is resident pages: the VmRSS of /proc/<pid>/status, at a
+    fraction of the parsing. Once the process is gone a read fails (ESRCH), so
+    a recycled pid can never be misread as ours.
+    """
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)  # not inheritable
+        except OSError:
+            self.fd = -1
+
+    def rss(self) -> int | None:
+        if self.fd < 0:
+            return None
+        try:
+            return int(os.pread(self.fd, 256, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _rss_ps(pid: int) -> int | None:
@@ -65,7 +83,17 @@ def _rss_ps(pid: int) -> int | None:
 
 def rss_of(pid: int) -> int | None:
     """A process's resident set size in bytes (None when it cannot be read)."""
-    return _rss_proc(pid) if _HAS_PROC else _rss_ps(pid)
+    if not _HAS_PROC:
+        return _rss_ps(pid)
+    statm = _Statm(pid)
+    try:
+        return statm.rss()
+    finally:
+        statm.close()
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
 
 
 def _mib(n: int) -> str:
@@ -81,6 +109,7 @@ class Recycler:
         self.grace = grace
         self._conn: Conn | None = None  # the worker being counted
         self._calls = 0
+        self._statm: _Statm | None = None  # its RSS (max_memory on Linux)
         self._reapers: list[tuple[threading.Thread, Conn]] = []
 
     @classmethod
@@ -93,23 +122,32 @@ class Recycler:
     def due(self, conn: Conn) -> str | None:
         """Count a call ``conn`` answered; why it must be retired now, or None."""
         if conn is not self._conn:
+            self._forget()
             self._conn, self._calls = conn, 0
+            if self.max_memory is not None and _HAS_PROC:
+                self._statm = _Statm(conn.pid)
         self._calls += 1
         calls = self._calls
         if self.max_calls is not None and calls >= self.max_calls:
-            return f"max_calls={self.max_calls} reached ({calls} calls served)"
+            return f"max_calls={self.max_calls} reached ({_calls(calls)} served)"
         if self.max_memory is not None:
-            rss = rss_of(conn.pid)
+            rss = self._statm.rss() if self._statm is not None else rss_of(conn.pid)
             if rss is not None and rss > self.max_memory:
                 return (
                     f"RSS {_mib(rss)} over max_memory={self.max_memory} "
-                    f"({_mib(self.max_memory)}) after {calls} calls"
+                    f"({_mib(self.max_memory)}) after {_calls(calls)}"
                 )
         return None
 
+    def _forget(self) -> None:
+        self._conn = None
+        if self._statm is not None:
+            self._statm.close()
+            self._statm = None
+
     def retire(self, conn: Conn, reason: str) -> None:
         """Ask the (idle) worker to exit; a reaper thread sees it gone. Returns at once."""
-        self._conn = None
+        self._forget()
         log.info(
             "tarnish_py: recycling worker pid %d: %s; a fresh worker takes the next call",
             conn.pid,
@@ -144,7 +182,11 @@ class Recycler:
             )
 
     def join(self, deadline: float) -> None:
-        """Wait until ``deadline`` for the retired workers to exit; kill those left."""
+        """Wait until ``deadline`` for the retired workers to exit; kill those left.
+
+        Called when the handle closes: the counted worker is forgotten too.
+        """
+        self._forget()
         for reaper, conn in self._reapers:
             reaper.join(max(0.0, deadline - time.monotonic()))
             if reaper.is_alive():
