@@ -54,6 +54,8 @@ class WorkerConfig:
     parent_pid: int
     sys_path: tuple[str, ...] | None = None  # set for importable tasks only
     cwd: str | None = None  # the folder the worker works in (the parent's, at spawn)
+    limits: tuple[tuple[str, int], ...] = ()  # set in the worker before the task (_limits)
+    drop_env: tuple[str, ...] = ()  # start-up variables tarnish_py added (_environ.carried)
 
     def dumps(self) -> str:
         return json.dumps(
@@ -64,6 +66,8 @@ class WorkerConfig:
                 "parent": self.parent_pid,
                 "path": list(self.sys_path) if self.sys_path is not None else None,
                 "cwd": self.cwd,
+                "limits": [list(pair) for pair in self.limits],
+                "drop": list(self.drop_env),
             }
         )
 
@@ -78,6 +82,8 @@ class WorkerConfig:
             parent_pid=int(d["parent"]),
             sys_path=tuple(path) if path is not None else None,
             cwd=d.get("cwd"),
+            limits=tuple((str(name), int(value)) for name, value in d.get("limits", ())),
+            drop_env=tuple(d.get("drop", ())),
         )
 
 
@@ -94,6 +100,8 @@ def adopt_channel() -> None:
     if raw is None or config is not None:
         return
     config = WorkerConfig.loads(raw)
+    for name in config.drop_env:  # env= scrubbed: what only the interpreter needed
+        os.environ.pop(name, None)
     if config.cwd is not None:
         try:
             os.chdir(config.cwd)

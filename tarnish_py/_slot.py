@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from . import _protocol, _spawn, _wire
+from . import _environ, _limits, _protocol, _spawn, _wire
 from ._boot import WorkerConfig
 from ._conn import BadMessage, Conn, Deadline, Eof, Refused
 from ._errors import (
@@ -38,6 +38,7 @@ from ._errors import (
     describe_exit,
     exit_text,
 )
+from ._recycle import Recycler
 from ._settings import Settings
 from ._snapshot import StateKeeper
 
@@ -76,6 +77,8 @@ class WorkerSpec:
             max_message_bytes=settings.max_message_bytes,
             parent_pid=os.getpid(),
             sys_path=None if module == "__main__" else _spawn.absolute_sys_path(),
+            limits=_limits.rlimits(settings.limits),
+            drop_env=_environ.carried(settings.env),
         )
 
     def config_now(self) -> WorkerConfig:
@@ -110,6 +113,7 @@ class Slot:
         self._closing = False
         #: restore_on_crash (SPEC §7): set by the handle; see ``_snapshot.StateKeeper``.
         self.keeper: StateKeeper | None = None
+        self._recycler = Recycler.of(spec.settings)  # max_calls / max_memory, or None
 
     @property
     def pid(self) -> int | None:
@@ -127,7 +131,7 @@ class Slot:
         if self._closing:
             return
         try:
-            popen = _spawn.start(self._spec.config_now(), self._spec.argv)
+            popen = _spawn.start(self._spec.config_now(), self._spec.argv, self._spec.settings.env)
         except SpawnError as exc:
             self._spawn_error = exc
             return
@@ -192,6 +196,8 @@ class Slot:
             # flight, so this worker is never reused.
             self._discard(conn)
             raise
+        if self._recycler is not None:
+            self._recycle_if_due(conn)
         if type(reply) is _protocol.Result:
             if keeper is not None:
                 return keeper.after(conn, kind, payload, reply.value)
@@ -200,6 +206,18 @@ class Slot:
         error = TaskError(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error
+
+    def _recycle_if_due(self, conn: Conn) -> None:
+        """max_calls / max_memory (``_recycle``): retire a worker after its reply."""
+        assert self._recycler is not None
+        reason = self._recycler.due(conn)
+        if reason is None:
+            return
+        if self._conn is conn:
+            self._conn = None
+        self._recycler.retire(conn, reason)
+        if not self._closing and self.kill_reason is not Kill.CLOSE:
+            self.spawn()  # as after a crash: the next call waits for its handshake
 
     def _lost(self, conn: Conn) -> BaseException:
         """The worker closed the channel: find out why, replace it, say what happened."""
@@ -285,6 +303,8 @@ class Slot:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(max(0.0, deadline - time.monotonic()))
+        if self._recycler is not None:
+            self._recycler.join(deadline)  # workers retired by max_calls / max_memory
 
 
 def _spawn_error(exc: Exception, conn: Conn, spawn_timeout: float) -> SpawnError:

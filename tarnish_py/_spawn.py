@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from ._boot import MARKER, WorkerConfig, refuse_spawn_before_main
+from ._environ import EnvSetting, worker_env
 from ._errors import SpawnError
 from ._watchdog import watchdog
 
@@ -176,12 +177,14 @@ def _enlarge_pipe(fd: int) -> None:
             pass
 
 
-def start(config: WorkerConfig, argv: list[str]) -> subprocess.Popen[bytes]:
+def start(
+    config: WorkerConfig, argv: list[str], env_setting: EnvSetting = None
+) -> subprocess.Popen[bytes]:
     """Start a worker process (does not wait for its handshake)."""
     refuse_spawn_before_main()
     if not _POSIX:  # pragma: no cover - Windows
         raise SpawnError("tarnish_py workers need a POSIX system (Linux, macOS) for now")
-    env = dict(os.environ)
+    env = worker_env(env_setting)  # the env= keyword (_environ)
     env[MARKER] = config.dumps()
     # A re-executed program starts where the parent started, so that "-m pkg" and
     # relative paths resolve as they did; the worker then moves to config.cwd.

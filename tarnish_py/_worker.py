@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _protocol, _snapshot, _wire
+from . import _boot, _limits, _protocol, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -62,6 +62,7 @@ def serve() -> NoReturn:
     try:
         task_cls = _resolve(config.module, config.name)
         task_codec = codec(task_cls)
+        _limits.apply(config.limits)  # limits=: before the task is instantiated
         instance = task_cls()
         instance.setup()
     except BaseException as exc:
