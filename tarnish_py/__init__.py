@@ -21,8 +21,8 @@ from ._errors import (  # noqa: E402
     WorkerCrashed,
 )
 from ._pool import ProcessPool  # noqa: E402
-from ._settings import Limits  # noqa: E402
 from ._process import Process  # noqa: E402
+from ._settings import Limits  # noqa: E402
 from ._task import Task  # noqa: E402
 from ._worker import main  # noqa: E402
 

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import _protocol
+from . import _protocol, _worker_logging
 
 __all__ = [
     "MARKER",
@@ -54,6 +54,7 @@ class WorkerConfig:
     parent_pid: int
     sys_path: tuple[str, ...] | None = None  # set for importable tasks only
     cwd: str | None = None  # the folder the worker works in (the parent's, at spawn)
+    log_level: int = 30  # the lowest level the parent's logging lets through (WARNING)
 
     def dumps(self) -> str:
         return json.dumps(
@@ -64,6 +65,7 @@ class WorkerConfig:
                 "parent": self.parent_pid,
                 "path": list(self.sys_path) if self.sys_path is not None else None,
                 "cwd": self.cwd,
+                "log": self.log_level,
             }
         )
 
@@ -78,6 +80,7 @@ class WorkerConfig:
             parent_pid=int(d["parent"]),
             sys_path=tuple(path) if path is not None else None,
             cwd=d.get("cwd"),
+            log_level=int(d.get("log", 30)),
         )
 
 
@@ -114,6 +117,7 @@ def adopt_channel() -> None:
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable(all_threads=True)
+    _worker_logging.install(config.log_level)  # records go to the parent's logging
     atexit.register(_exit_without_main)
 
 

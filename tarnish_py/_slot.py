@@ -32,13 +32,14 @@ from ._errors import (
     ClosedError,
     ProtocolError,
     SpawnError,
-    TaskError,
     TaskTimeout,
     WorkerCrashed,
     describe_exit,
     exit_text,
+    task_error,
 )
 from ._settings import Settings
+from ._worker_logging import parent_log_level
 
 __all__ = ["Kill", "Slot", "WorkerSpec"]
 
@@ -83,8 +84,9 @@ class WorkerSpec:
             cwd = os.getcwd()
         except OSError:  # pragma: no cover - the current folder was deleted
             cwd = None
-        if cwd != self.config.cwd:
-            self.config = dataclasses.replace(self.config, cwd=cwd)
+        level = parent_log_level()  # workers log what the parent's logging lets through
+        if cwd != self.config.cwd or level != self.config.log_level:
+            self.config = dataclasses.replace(self.config, cwd=cwd, log_level=level)
         return self.config
 
 
@@ -100,6 +102,7 @@ class Slot:
         # kills the next: a cancel acts only while its own call is in flight.
         self.job_lock = threading.Lock()
         self.current_job: Any = None
+        self.call_pid: int | None = None  # the worker of the last call (for its errors)
         self._spec = spec
         self._limit = spec.settings.max_message_bytes
         self._conn: Conn | None = None
@@ -129,7 +132,8 @@ class Slot:
             self._spawn_error = exc
             return
         self._spawn_error = None
-        self._conn = Conn(popen, self._limit)
+        settings = self._spec.settings
+        self._conn = Conn(popen, self._limit, settings.stderr, settings.stderr_tail)
 
     def ready(self) -> Conn:
         """The slot's worker, started and handshaken (one attempt; no retry loop)."""
@@ -158,7 +162,9 @@ class Slot:
 
     def call(self, payload: Any, timeout: float | None) -> Any:
         """Run one call on this slot's worker and return the raw result."""
+        self.call_pid = None
         conn = self.ready()
+        self.call_pid = conn.pid
         self._next_id += 1
         call_id = self._next_id
         packed = self._pack.call(call_id, payload)
@@ -189,7 +195,7 @@ class Slot:
         if type(reply) is _protocol.Result:
             return reply.value
         assert isinstance(reply, _protocol.Error)
-        error = TaskError(reply.type_name, reply.message, reply.traceback)
+        error = task_error(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error
 
