@@ -1,8 +1,10 @@
 """A real segfault through ctypes, survived.
 
 The worker calls C's ``strlen`` on a NULL pointer, which kills the process
-with SIGSEGV. The parent gets ``WorkerCrashed`` with the signal and the
-worker's Python stack, and the next call runs on a fresh worker.
+with SIGSEGV. The parent gets ``WorkerCrashed`` — one line saying what killed
+which worker — and the next call runs on a fresh worker. With
+``stderr="capture"`` the worker's crash dump stays off the terminal; it is kept
+in ``WorkerCrashed.stderr``.
 
 Run: python examples/ffi_segfault.py
 """
@@ -29,8 +31,15 @@ class CStrlen(Task[bytes | None, int]):
         return int(self.libc.strlen(data))
 
 
+def where(stderr: str) -> str:
+    """The frame of this program in faulthandler's dump: the line that crashed."""
+    frames = [line.strip() for line in stderr.splitlines() if line.startswith("  File ")]
+    mine = [frame for frame in frames if os.path.basename(__file__) in frame]
+    return (mine or frames or ["(no Python frame)"])[0]
+
+
 def main() -> None:
-    with Process(CStrlen) as worker:
+    with Process(CStrlen, stderr="capture") as worker:
         print(f"parent {os.getpid()}, worker {worker.pid}")
         print("strlen(b'tarnish') =", worker.call(b"tarnish"))
 
@@ -38,10 +47,9 @@ def main() -> None:
         try:
             worker.call(None)
         except WorkerCrashed as crash:
-            print(f"caught WorkerCrashed: signal={crash.signal} exitcode={crash.exitcode}")
-            print("the worker's last words (WorkerCrashed.stderr):")
-            for line in crash.stderr.strip().splitlines()[-8:]:
-                print("    " + line)
+            print(f"caught WorkerCrashed: {crash}")
+            print(f"  signal={crash.signal} exitcode={crash.exitcode}")
+            print(f"  crashed at: {where(crash.stderr)}")
 
         print(f"\nthe parent is alive, and a fresh worker ({worker.pid}) is ready:")
         print("strlen(b'still here') =", worker.call(b"still here"))

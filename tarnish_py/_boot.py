@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import _protocol
+from . import _protocol, _worker_logging
 
 __all__ = [
     "MARKER",
@@ -56,6 +56,7 @@ class WorkerConfig:
     cwd: str | None = None  # the folder the worker works in (the parent's, at spawn)
     limits: tuple[tuple[str, int], ...] = ()  # set in the worker before the task (_limits)
     drop_env: tuple[str, ...] = ()  # start-up variables tarnish_py added (_environ.carried)
+    log_level: int = 30  # the lowest level the parent's logging lets through (WARNING)
 
     def dumps(self) -> str:
         return json.dumps(
@@ -68,6 +69,7 @@ class WorkerConfig:
                 "cwd": self.cwd,
                 "limits": [list(pair) for pair in self.limits],
                 "drop": list(self.drop_env),
+                "log": self.log_level,
             }
         )
 
@@ -84,6 +86,7 @@ class WorkerConfig:
             cwd=d.get("cwd"),
             limits=tuple((str(name), int(value)) for name, value in d.get("limits", ())),
             drop_env=tuple(d.get("drop", ())),
+            log_level=int(d.get("log", 30)),
         )
 
 
@@ -122,6 +125,7 @@ def adopt_channel() -> None:
     if hasattr(signal, "SIGINT"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable(all_threads=True)
+    _worker_logging.install(config.log_level)  # records go to the parent's logging
     atexit.register(_exit_without_main)
 
 

@@ -4,7 +4,7 @@
 
     Conn.request(frame) --os.write--> worker stdin     (non-blocking; poll for room)
                         <--os.readv-- worker stdout    (into one reused buffer)
-    StderrPump thread   <--os.read--- worker stderr -> parent's fd 2, tail kept
+    StderrPump thread   <--os.read--- worker stderr -> forwarded/captured/logged (_stderr)
 
 Only the thread that holds a Conn (the dispatcher guarantees one at a time)
 reads, writes, reaps and closes it. Any thread may :meth:`Conn.kill` it: that
@@ -26,14 +26,13 @@ from collections import deque
 from typing import Any
 
 from . import _protocol, _wire
-from ._boot import write_all
 from ._errors import ProtocolError
+from ._stderr import StderrPump
 from ._watchdog import watchdog
 
 __all__ = ["BadMessage", "Conn", "Deadline", "Eof", "Refused"]
 
 _READ_SIZE = 1 << 18
-_TAIL_BYTES = 1 << 15
 _EXIT_GRACE = 2.0  # after EOF, how long a worker may take to finish dying
 _PUMP_JOIN = 1.0  # how long to wait for the last of its stderr
 _HAS_WAITID = hasattr(os, "waitid")
@@ -55,49 +54,16 @@ class Refused(Exception):
     """The worker said it cannot serve (Fatal), or speaks another protocol version."""
 
 
-class StderrPump(threading.Thread):
-    """Forwards a worker's stderr to ours as it comes, and keeps its tail."""
-
-    def __init__(self, fd: int, pid: int) -> None:
-        super().__init__(name=f"tarnish_py-stderr-{pid}", daemon=True)
-        self._fd = fd
-        self._tail = bytearray()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        try:
-            while True:
-                try:
-                    data = os.read(self._fd, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                with self._lock:
-                    self._tail += data
-                    if len(self._tail) > 2 * _TAIL_BYTES:
-                        del self._tail[:-_TAIL_BYTES]
-                forward(data)
-        finally:
-            os.close(self._fd)  # the pump owns the fd: no other thread may close it
-
-    def tail(self) -> str:
-        with self._lock:
-            return bytes(self._tail[-_TAIL_BYTES:]).decode("utf-8", "replace")
-
-
-def forward(data: bytes) -> None:
-    """Write a worker's output to the parent's stderr (fd 2), never failing."""
-    try:
-        write_all(2, data)
-    except OSError:
-        pass
-
-
 class Conn:
     """A started worker: handshake, request/response, kill, reap."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        max_message_bytes: int,
+        stderr: str = "forward",
+        stderr_tail: int = 1 << 15,
+    ) -> None:
         assert popen.stdin and popen.stdout and popen.stderr
         self.popen = popen
         self.pid = popen.pid
@@ -117,7 +83,7 @@ class Conn:
         # The pump takes its own copy of the fd and closes it when done.
         stderr_fd = os.dup(popen.stderr.fileno())
         popen.stderr.close()
-        self._pump = StderrPump(stderr_fd, self.pid)
+        self._pump = StderrPump(stderr_fd, self.pid, stderr, stderr_tail)
         self._pump.start()
         self._reap_lock = threading.Lock()
 
@@ -142,7 +108,7 @@ class Conn:
         while True:
             message = self._next(deadline)
             if isinstance(message, bytes):  # a stray frame: stdout noise
-                forward(message)
+                self._pump.write(message)
                 continue
             startup = _protocol.parse_startup(message)
             if isinstance(startup, _protocol.Hello):
@@ -157,7 +123,7 @@ class Conn:
                 return
             if isinstance(startup, _protocol.Fatal):
                 raise Refused(f"the worker could not start: {startup.message}")
-            forward(_wire.pack(message))
+            self._pump.write(_wire.pack(message))
 
     def request(self, frame: bytes, deadline: float | None) -> Any:
         """Send one frame, return the next message."""

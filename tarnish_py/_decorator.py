@@ -11,17 +11,21 @@
 The worker finds the function by its label: it re-runs the program (for a
 function in ``__main__``, which must call ``tarnish_py.main()``) or imports the
 function's module, and either way the decorator registers the label again there.
+Pickling works the same way: a decorated function pickles as (module, label) and
+unpickles as the function registered under that label once its module is imported.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import inspect
+import sys
 import threading
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from typing_extensions import ParamSpec, TypedDict, Unpack
 
@@ -77,7 +81,7 @@ class IsolatedFunction(Generic[P, R]):
     them, default 1; started on first use, replaced after a crash) and returns
     the result. ``submit`` and ``acall`` are the Future and asyncio forms;
     ``map`` runs many calls over a temporary :class:`ProcessPool`; ``close``
-    stops the workers.
+    stops the workers. It pickles by reference (module and label).
     """
 
     def __init__(
@@ -130,13 +134,31 @@ class IsolatedFunction(Generic[P, R]):
         arguments = self._arguments(args, kwargs)
         return await self._worker(arguments).acall(arguments)  # type: ignore[no-any-return]
 
+    @overload
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        size: int | None = ...,
+        ordered: bool = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[R]: ...
+
+    @overload
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        size: int | None = ...,
+        ordered: bool = ...,
+        return_exceptions: bool,
+    ) -> Iterator[R | BaseException]: ...
+
     def map(
         self,
         *iterables: Iterable[Any],
         size: int | None = None,
         ordered: bool = True,
         return_exceptions: bool = False,
-    ) -> Iterator[R]:
+    ) -> Iterator[Any]:
         """Like the built-in ``map``, over a pool of ``size`` workers (default: CPUs).
 
         The pool lives as long as the iteration. See :meth:`ProcessPool.map`
@@ -144,10 +166,7 @@ class IsolatedFunction(Generic[P, R]):
         """
         with ProcessPool(self.task_class, size, **self._options) as pool:
             calls = (self._arguments(args, {}) for args in zip(*iterables, strict=False))
-            results: Iterator[Any] = pool.map(
-                calls, ordered=ordered, return_exceptions=return_exceptions  # type: ignore[call-overload]
-            )
-            yield from results
+            yield from pool.map(calls, ordered=ordered, return_exceptions=return_exceptions)
 
     def close(self) -> None:
         """Stop the label's workers (the next call starts new ones)."""
@@ -158,6 +177,25 @@ class IsolatedFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<tarnish_py task {self.label!r}: {self.__qualname__}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By reference, like a plain function: the workers and their lock stay here.
+        return (_by_label, (self.__module__, self.label))
+
+
+_functions: dict[str, IsolatedFunction[Any, Any]] = {}
+
+
+def _by_label(module: str, label: str) -> IsolatedFunction[Any, Any]:
+    """Unpickle an @task function: import its module, which registers the label."""
+    if module not in sys.modules:
+        importlib.import_module(module)
+    try:
+        return _functions[label]
+    except KeyError:
+        raise LookupError(
+            f"cannot unpickle @task({label!r}): importing {module} did not define it"
+        ) from None
 
 
 def task(
@@ -196,6 +234,7 @@ def task(
             )
         isolated = IsolatedFunction(label, fn, settings, size)
         register_label(label, isolated.task_class, _same_task)
+        _functions[label] = isolated
         return isolated
 
     return decorate

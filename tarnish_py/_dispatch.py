@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import ClosedError
+from ._errors import ClosedError, TarnishError, for_call
 from ._slot import Kill, Slot, WorkerSpec
 from ._task import Codec
 
@@ -72,10 +72,13 @@ def _settle(future: CallFuture, result: Any = None, error: BaseException | None 
 
 
 class _Job:
-    __slots__ = ("future", "payload", "timeout")
+    __slots__ = ("future", "input", "payload", "timeout")
 
-    def __init__(self, future: CallFuture, payload: Any, timeout: float | None) -> None:
+    def __init__(
+        self, future: CallFuture, input: Any, payload: Any, timeout: float | None
+    ) -> None:
         self.future = future
+        self.input = input  # validated: errors carry it
         self.payload = payload
         self.timeout = timeout
 
@@ -239,20 +242,28 @@ class Dispatcher:
     # -- calls -------------------------------------------------------------
 
     def call(self, value: Any, timeout: float | None) -> Any:
-        payload = self._codec.encode_input(value)
-        slot = self.acquire()
+        value = self._codec.validate_input(value)
+        payload = self._codec.dump_input(value)
+        try:
+            slot = self.acquire()
+        except TarnishError as exc:  # closed
+            for_call(exc, value, None)
+            raise
         try:
             raw = slot.call(payload, timeout if timeout is not None else self.settings.timeout)
+        except TarnishError as exc:
+            for_call(exc, value, slot.call_pid)  # before release: the slot is still ours
+            raise
         finally:
             self.release(slot)
         return self._codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
-        payload = self._codec.encode_input(value)
-        job = _Job(CallFuture(), payload, timeout)
+        value = self._codec.validate_input(value)
+        job = _Job(CallFuture(), value, self._codec.dump_input(value), timeout)
         with self._cond:
             if self._state is not _State.OPEN:
-                raise ClosedError("the handle is closed")
+                raise for_call(ClosedError("the handle is closed"), value, None)
             slot = None if self._waiters else self._take_free()
             if slot is None:
                 self._waiters.append(job)
@@ -275,6 +286,8 @@ class Dispatcher:
                 slot.end_job()
             result = self._codec.decode_output(raw)
         except BaseException as exc:
+            if isinstance(exc, TarnishError):
+                for_call(exc, job.input, slot.call_pid)
             error = exc
             return lambda: _settle(future, error=error)
         return lambda: _settle(future, result=result)
@@ -322,7 +335,11 @@ class Dispatcher:
             elif not waiter.future.cancelled():
                 try:
                     waiter.future.set_exception(
-                        ClosedError("the handle was closed before the call started")
+                        for_call(
+                            ClosedError("the handle was closed before the call started"),
+                            waiter.input,
+                            None,
+                        )
                     )
                 except cf.InvalidStateError:
                     pass

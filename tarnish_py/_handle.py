@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures as cf
 import weakref
 from types import TracebackType
-from typing import Generic
+from typing import Any, Generic
 
 from typing_extensions import Self
 
@@ -78,6 +78,12 @@ class _Handle(Generic[In, Out]):
     @property
     def closed(self) -> bool:
         return self._dispatcher.closed
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a handle to live worker processes cannot be pickled ({type(self).__name__}); "
+            "pass the Task class (or an @task function) and open a handle where it is used"
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -79,7 +79,7 @@ class ProxyLost(TarnishError):
         self.reason = reason
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.type_name, self.reason))
+        return (type(self), (self.type_name, self.reason), self.__dict__)
 
 
 class Unsendable(TypeError):

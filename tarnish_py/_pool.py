@@ -98,6 +98,16 @@ class ProcessPool(_Handle[In, Out]):
         timeout: float | None = ...,
     ) -> Iterator[Out | BaseException]: ...
 
+    @overload
+    def map(
+        self,
+        inputs: Iterable[In],
+        *,
+        ordered: bool = ...,
+        return_exceptions: bool,
+        timeout: float | None = ...,
+    ) -> Iterator[Out | BaseException]: ...
+
     def map(
         self,
         inputs: Iterable[In],
@@ -112,9 +122,10 @@ class ProcessPool(_Handle[In, Out]):
         of any length. ``ordered=False`` yields each result as soon as it is
         ready. With ``return_exceptions=True`` a failed input yields its
         exception (``WorkerCrashed``, ``TaskError``, ``ValidationError``...) in
-        its place and the others go on; otherwise the first failure is raised
-        and the calls not yet started are dropped. ``timeout`` applies to each
-        call, as in :meth:`call`.
+        its place and the others go on — a tarnish_py error names its input in
+        ``.input`` (and the worker in ``.pid``), so ``ordered=False`` loses
+        nothing; otherwise the first failure is raised and the calls not yet
+        started are dropped. ``timeout`` applies to each call, as in :meth:`call`.
         """
         window = _IN_FLIGHT_PER_WORKER * self.size
         if ordered:

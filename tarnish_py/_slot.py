@@ -32,15 +32,16 @@ from ._errors import (
     ClosedError,
     ProtocolError,
     SpawnError,
-    TaskError,
     TaskTimeout,
     WorkerCrashed,
     describe_exit,
     exit_text,
+    task_error,
 )
 from ._recycle import Recycler
 from ._settings import Settings
 from ._snapshot import StateKeeper
+from ._worker_logging import parent_log_level
 
 __all__ = ["Kill", "Slot", "WorkerSpec"]
 
@@ -87,8 +88,9 @@ class WorkerSpec:
             cwd = os.getcwd()
         except OSError:  # pragma: no cover - the current folder was deleted
             cwd = None
-        if cwd != self.config.cwd:
-            self.config = dataclasses.replace(self.config, cwd=cwd)
+        level = parent_log_level()  # workers log what the parent's logging lets through
+        if cwd != self.config.cwd or level != self.config.log_level:
+            self.config = dataclasses.replace(self.config, cwd=cwd, log_level=level)
         return self.config
 
 
@@ -104,6 +106,7 @@ class Slot:
         # kills the next: a cancel acts only while its own call is in flight.
         self.job_lock = threading.Lock()
         self.current_job: Any = None
+        self.call_pid: int | None = None  # the worker of the last call (for its errors)
         self._spec = spec
         self._limit = spec.settings.max_message_bytes
         self._conn: Conn | None = None
@@ -136,7 +139,8 @@ class Slot:
             self._spawn_error = exc
             return
         self._spawn_error = None
-        self._conn = Conn(popen, self._limit)
+        settings = self._spec.settings
+        self._conn = Conn(popen, self._limit, settings.stderr, settings.stderr_tail)
 
     def ready(self) -> Conn:
         """The slot's worker, started and handshaken (one attempt; no retry loop)."""
@@ -165,7 +169,9 @@ class Slot:
 
     def call(self, payload: Any, timeout: float | None, kind: int = _protocol.CALL) -> Any:
         """Run one call (or state request, ``kind``) on this slot's worker; the raw result."""
+        self.call_pid = None
         conn = self.ready()
+        self.call_pid = conn.pid
         keeper = self.keeper
         if keeper is not None:  # a replacement worker gets the kept state first
             kind = keeper.before(conn, kind, self.call, timeout)
@@ -203,7 +209,7 @@ class Slot:
                 return keeper.after(conn, kind, payload, reply.value)
             return reply.value
         assert isinstance(reply, _protocol.Error)
-        error = TaskError(reply.type_name, reply.message, reply.traceback)
+        error = task_error(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error
 

@@ -129,7 +129,10 @@ class Codec:
     ``call`` and a ``submit`` treat a value the same way.
     """
 
-    __slots__ = ("decode_input", "encode_output", "encode_input", "decode_output")
+    __slots__ = (
+        "decode_input", "encode_output", "encode_input", "decode_output",
+        "validate_input", "dump_input",
+    )
 
     def __init__(self, in_adapter: TypeAdapter[Any], out_adapter: TypeAdapter[Any],
                  types: tuple[Any, Any]) -> None:
@@ -138,6 +141,9 @@ class Codec:
         validate_out = out_adapter.validate_python
         #: Worker: the raw payload of a call as the task's ``In``.
         self.decode_input: Callable[[Any], Any] = validate_in
+        #: Parent: encode_input in two steps, to keep the validated input for errors.
+        self.validate_input: Callable[[Any], Any] = validate_in
+        self.dump_input: Callable[[Any], Any] = _identity if in_plain else in_adapter.dump_python
         #: Parent: a caller's input, validated and made plain (ValidationError here).
         self.encode_input: Callable[[Any], Any] = (
             validate_in if in_plain else _then(validate_in, in_adapter.dump_python)
@@ -207,6 +213,14 @@ def task_location(task: type[Task[Any, Any]]) -> tuple[str, str]:
     """(module, name) by which a worker finds ``task``: its qualified name, or
     ``"@label"`` for a class made by ``@task``."""
     if not (isinstance(task, type) and issubclass(task, Task)):
+        if hasattr(task, "task_class"):  # an @task function
+            raise TypeError(f"expected a Task subclass, got {task!r}: pass its .task_class")
+        if callable(task) and not isinstance(task, type):
+            raise TypeError(
+                f"expected a Task subclass, got the function {task!r}; to run a plain "
+                "function in a worker, decorate it with @tarnish_py.task('label') and "
+                "call it (or write a Task subclass)"
+            )
         raise TypeError(f"expected a Task subclass, got {task!r}")
     label = task.__dict__.get("_tarnish_name")
     if label is not None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from typing_extensions import assert_type
 
-from tarnish_py import IsolatedExecutor, Process, ProcessPool, Task, task
+from tarnish_py import IsolatedExecutor, Process, ProcessPool, Task, TaskError, WorkerCrashed, task
 
 
 class Double(Task[int, int]):
@@ -83,3 +83,26 @@ async def executor_calls() -> None:
         assert_type(ex.submit(scale, 1.5), cf.Future[float])
         loop = asyncio.get_running_loop()
         assert_type(await loop.run_in_executor(ex, parse, b"a"), list[str])
+
+
+def return_exceptions_from_a_variable(flag: bool) -> None:
+    # A plain bool (not a literal) is accepted: the items may then be exceptions.
+    pool = ProcessPool(Double, size=2)
+    assert_type(pool.map(range(3), return_exceptions=flag), Iterator[int | BaseException])
+    assert_type(
+        pool.map(range(3), ordered=False, return_exceptions=flag, timeout=1.0),
+        Iterator[int | BaseException],
+    )
+    assert_type(pool.map(range(3), return_exceptions=False), Iterator[int])
+    assert_type(scale.map([1.0, 2.0]), Iterator[float])
+    assert_type(scale.map([1.0], return_exceptions=True), Iterator[float | BaseException])
+    assert_type(scale.map([1.0], return_exceptions=flag), Iterator[float | BaseException])
+
+
+def errors_carry_their_call(error: WorkerCrashed, failed: TaskError) -> None:
+    assert_type(error.pid, int | None)
+    assert_type(error.signal, str | None)
+    assert_type(error.stderr, str)
+    assert_type(failed.pid, int | None)
+    assert_type(failed.type_name, str)
+    print(error.input, failed.input)  # Any: the task's In, after validation
