@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ClosedError
+from ._settings import check_call_timeout
 from ._slot import Kill, Slot, WorkerSpec
 from ._task import Codec
 
@@ -239,6 +240,8 @@ class Dispatcher:
     # -- calls -------------------------------------------------------------
 
     def call(self, value: Any, timeout: float | None) -> Any:
+        if timeout is not None:
+            check_call_timeout(timeout)
         payload = self._codec.encode_input(value)
         slot = self.acquire()
         try:
@@ -248,6 +251,8 @@ class Dispatcher:
         return self._codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
+        if timeout is not None:
+            check_call_timeout(timeout)
         payload = self._codec.encode_input(value)
         job = _Job(CallFuture(), payload, timeout)
         with self._cond:

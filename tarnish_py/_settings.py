@@ -14,7 +14,7 @@ from typing import Any
 
 from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["DEFAULTS", "Settings"]
+__all__ = ["DEFAULTS", "Settings", "check_call_timeout"]
 
 
 def _seconds(name: str, value: Any, *, optional: bool) -> None:
@@ -25,6 +25,14 @@ def _seconds(name: str, value: Any, *, optional: bool) -> None:
         raise TypeError(f"{name} must be {allowed}, not {value!r}")
     if not value > 0 or math.isnan(value):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def check_call_timeout(timeout: Any) -> None:
+    """Refuse a per-call ``timeout=`` that is neither None nor a positive number of seconds."""
+    if type(timeout) is float or type(timeout) is int:  # the common case, cheaply
+        if timeout > 0:
+            return
+    _seconds("timeout", timeout, optional=True)
 
 
 def _positive_int(name: str, value: Any) -> None:
