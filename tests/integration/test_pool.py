@@ -450,6 +450,9 @@ def parent():
     with ProcessPool(Log, size=2, timeout=0.5) as pool:
         jobs = [(0.0, "a"), (5.0, "b"), (0.0, "c")]
         pool_timeout = [describe(v) for v in pool.map(jobs, return_exceptions=True)]
+        # b's worker was replaced: a call's timeout also bounds the wait for a worker
+        # that is still starting, so let the replacement get ready first.
+        list(pool.map([(0.0, "ready")] * 2, timeout=30))
         jobs = [(0.0, "a"), (0.3, "b"), (0.0, "c")]
         call_timeout = [describe(v) for v in pool.map(jobs, timeout=0.1, return_exceptions=True)]
         t0 = time.monotonic()
