@@ -3,11 +3,17 @@
 ::
 
     import tarnish_py   adopt_channel(): the environment marker is read and
-                        removed; the channel moves to private fds; fd 0 becomes
-                        /dev/null and fd 1 a copy of fd 2, so print, C printf and
-                        os.write(1, ...) land on stderr; SIGINT ignored,
-                        faulthandler on
-    main()/serve()      (``_worker``) use ``config`` and the channel fds
+                        removed, and checked: a marker set by accident (garbage,
+                        another parent, fds 0/1 not pipes, no token) leaves a
+                        normal program with a warning; a worker whose parent died
+                        while it started exits. Then the channel moves to private
+                        fds; fd 0 becomes /dev/null and fd 1 a copy of fd 2, so
+                        print, C printf and os.write(1, ...) land on stderr;
+                        SIGINT ignored, faulthandler on
+    main()/serve()      (``_worker``) start_serving(): the channel fds are closed
+                        in every process the task forks; a daemon thread ends the
+                        worker's process group when the parent's end of the
+                        channel closes (the parent died), even while run() is busy
 
 Everything here runs before the task's module is imported, so that nothing a
 program prints can reach the channel.
@@ -19,10 +25,15 @@ import atexit
 import faulthandler
 import json
 import os
+import secrets
+import select
 import signal
+import stat
 import sys
-from dataclasses import dataclass
-from typing import NoReturn
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from . import _protocol, _worker_logging
 
@@ -36,12 +47,22 @@ __all__ = [
     "fatal",
     "flush_std",
     "is_serving",
+    "new_token",
+    "parent_gone",
+    "program_main",
+    "record_program_main",
     "refuse_spawn_before_main",
     "start_serving",
     "write_all",
 ]
 
 MARKER = "TARNISH_PY_WORKER"
+_TOKEN_BYTES = 16
+
+
+def new_token() -> str:
+    """A random token for one spawn: echoed in the worker's Hello, never guessed by noise."""
+    return secrets.token_hex(_TOKEN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,7 @@ class WorkerConfig:
     limits: tuple[tuple[str, int], ...] = ()  # set in the worker before the task (_limits)
     drop_env: tuple[str, ...] = ()  # start-up variables tarnish_py added (_environ.carried)
     log_level: int = 30  # the lowest level the parent's logging lets through (WARNING)
+    token: str = field(default_factory=new_token)  # echoed in Hello and Fatal
 
     def dumps(self) -> str:
         return json.dumps(
@@ -70,30 +92,46 @@ class WorkerConfig:
                 "limits": [list(pair) for pair in self.limits],
                 "drop": list(self.drop_env),
                 "log": self.log_level,
+                "token": self.token,
             }
         )
 
     @classmethod
     def loads(cls, raw: str) -> WorkerConfig:
-        d = json.loads(raw)
-        path = d.get("path")
-        return cls(
-            module=d["module"],
-            name=d["name"],
-            max_message_bytes=int(d["max"]),
-            parent_pid=int(d["parent"]),
-            sys_path=tuple(path) if path is not None else None,
-            cwd=d.get("cwd"),
-            limits=tuple((str(name), int(value)) for name, value in d.get("limits", ())),
-            drop_env=tuple(d.get("drop", ())),
-            log_level=int(d.get("log", 30)),
-        )
+        """The config a marker holds; ValueError for anything else."""
+        try:
+            d = json.loads(raw)
+            path, cwd, token = d.get("path"), d.get("cwd"), d["token"]
+            loaded = cls(
+                module=_str(d["module"]),
+                name=_str(d["name"]),
+                max_message_bytes=int(d["max"]),
+                parent_pid=int(d["parent"]),
+                sys_path=tuple(_str(p) for p in path) if path is not None else None,
+                cwd=_str(cwd) if cwd is not None else None,
+                token=_str(token),
+                limits=tuple((str(n), int(v)) for n, v in d.get("limits", ())),
+                drop_env=tuple(_str(n) for n in d.get("drop", ())),
+                log_level=int(d.get("log", 30)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a worker marker ({type(exc).__name__}: {exc})") from None
+        if len(loaded.token) < 2 * _TOKEN_BYTES or loaded.max_message_bytes <= 0:
+            raise ValueError("not a worker marker (no valid token or size)")
+        return loaded
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
 
 
 config: WorkerConfig | None = None
 channel_in = -1
 channel_out = -1
 _serving = False
+_watch_fd = -1  # the parent-death watcher's own copy of channel_in
 
 
 def adopt_channel() -> None:
@@ -102,7 +140,10 @@ def adopt_channel() -> None:
     raw = os.environ.pop(MARKER, None)  # our children are not workers
     if raw is None or config is not None:
         return
-    config = WorkerConfig.loads(raw)
+    claimed = _verified(raw)
+    if claimed is None:
+        return
+    config = claimed
     for name in config.drop_env:  # env= scrubbed: what only the interpreter needed
         os.environ.pop(name, None)
     if config.cwd is not None:
@@ -129,12 +170,141 @@ def adopt_channel() -> None:
     atexit.register(_exit_without_main)
 
 
+def _verified(raw: str) -> WorkerConfig | None:
+    """The marker's config if a parent really waits for this worker, else None.
+
+    A marker set by accident leaves a normal program (with a warning). A worker
+    whose parent died while it started exits here: run as a normal program, it
+    would run the parent's program, and start workers of its own.
+    """
+    try:
+        claimed = WorkerConfig.loads(raw)
+    except ValueError as exc:
+        _not_a_worker(str(exc))
+        return None
+    pipes = _is_pipe(0) and _is_pipe(1)
+    if _parent_of(os.getpid()) == claimed.parent_pid or (
+        getattr(sys, "frozen", False) and _parent_of(os.getppid()) == claimed.parent_pid
+    ):
+        if pipes:
+            return claimed
+        _not_a_worker("its standard input and output are not the pipes of a parent")
+        return None
+    if pipes and not _alive(claimed.parent_pid):
+        try:
+            os.write(2, b"tarnish_py: this worker's parent process %d is gone; exiting\n"
+                     % claimed.parent_pid)
+        except OSError:
+            pass
+        os._exit(1)
+    _not_a_worker(f"it names parent process {claimed.parent_pid}, not this process's parent")
+    return None
+
+
+def _not_a_worker(why: str) -> None:
+    warnings.warn(
+        f"{MARKER} is set in the environment, but this process was not started by "
+        f"tarnish_py as a worker: {why}. It runs as a normal program.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of ``pid`` (this process: getppid; others: /proc on Linux)."""
+    if pid == os.getpid():
+        return os.getppid()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
 def start_serving() -> WorkerConfig:
-    """Mark this worker as serving (``main()`` was reached); its config."""
+    """Mark this worker as serving (``main()`` was reached); its config.
+
+    From here on the task's code runs: the channel must not leak into what it
+    forks, and the worker must end by itself when its parent dies.
+    """
     global _serving
     assert config is not None
+    if not _serving and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_channel)
     _serving = True
+    _watch_parent()
     return config
+
+
+def _forget_channel() -> None:
+    # In a process the task forked (os.fork, multiprocessing): the channel is not
+    # its to hold. Held open, it would hide the worker's death from the parent.
+    global channel_in, channel_out, _watch_fd
+    for fd in (channel_in, channel_out, _watch_fd):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    channel_in = channel_out = _watch_fd = -1
+
+
+def _watch_parent() -> None:
+    """Start a daemon thread that ends this worker when the parent's end of the channel closes."""
+    global _watch_fd
+    if _watch_fd >= 0 or channel_in < 0 or not hasattr(select, "poll"):
+        return
+    # Its own copy: a task that closes channel_in (or a reused fd number) cannot fool it.
+    _watch_fd = os.dup(channel_in)
+    threading.Thread(
+        target=_await_hangup, args=(_watch_fd,), name="tarnish_py-parent-watch", daemon=True
+    ).start()
+
+
+def _await_hangup(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: only POLLHUP/POLLERR come, never data
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        if events:
+            break
+    parent_gone()
+
+
+def parent_gone() -> NoReturn:
+    """The parent died (or closed the channel): take whatever the task started along."""
+    flush_std()
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(0, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
 
 
 def is_serving() -> bool:
@@ -159,8 +329,9 @@ def flush_std() -> None:
 
 def fatal(message: str, code: int = 3) -> NoReturn:
     """Tell the parent why this worker cannot serve, then exit at once."""
+    assert config is not None
     try:
-        write_all(channel_out, b"\x00" + _protocol.fatal_frame(message))
+        write_all(channel_out, b"\x00" + _protocol.fatal_frame(message, config.token))
     except OSError:
         pass
     flush_std()
@@ -191,3 +362,27 @@ def refuse_spawn_before_main() -> None:
             "run only in the parent. Put it in a function and " + _END_WITH_MAIN[0].lower()
             + _END_WITH_MAIN[1:]
         )
+
+
+# -- the program's own __main__ ------------------------------------------------
+
+#: The namespace of the module that called ``tarnish_py.main()``, when that is the
+#: program's __main__. Usually ``vars(sys.modules["__main__"])``; under
+#: ``python -m cProfile script.py`` (or trace, or any runner that executes the
+#: script in a namespace of its own) it is the script's, which sys.modules lacks.
+_program_main: dict[str, Any] | None = None
+
+
+def record_program_main(namespace: dict[str, Any]) -> None:
+    """Called by ``main()`` with its caller's globals."""
+    global _program_main
+    if namespace.get("__name__") == "__main__":
+        _program_main = namespace
+
+
+def program_main() -> dict[str, Any] | None:
+    """The namespace of the program's __main__ (None if there is none)."""
+    if _program_main is not None:
+        return _program_main
+    module = sys.modules.get("__main__")
+    return vars(module) if module is not None else None

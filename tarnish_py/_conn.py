@@ -6,16 +6,24 @@
                         <--os.readv-- worker stdout    (into one reused buffer)
     StderrPump thread   <--os.read--- worker stderr -> forwarded/captured/logged (_stderr)
 
+Before each read the holder polls the worker's stdout together with a pidfd
+of the worker (Linux; elsewhere a periodic check of its exit): the worker's
+death is seen even when a process it forked still holds its end of the pipe,
+so that no EOF ever comes.
+
 Only the thread that holds a Conn (the dispatcher guarantees one at a time)
 reads, writes, reaps and closes it. Any thread may :meth:`Conn.kill` it: that
 only SIGKILLs the process group while its leader is unreaped (so the group id
 cannot have been recycled); the holder then sees EOF and reaps.
 
 A Conn raises only the private errors below; ``_slot`` says what they mean.
+``idle`` is True only between whole exchanges: a holder interrupted half-way
+(Ctrl-C) leaves it False, and such a Conn is never used again.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -30,9 +38,11 @@ from ._errors import ProtocolError
 from ._stderr import StderrPump
 from ._watchdog import watchdog
 
-__all__ = ["BadMessage", "Conn", "Deadline", "Eof", "Refused"]
+__all__ = ["BadMessage", "Conn", "Deadline", "Eof", "NotReady", "Refused"]
 
 _READ_SIZE = 1 << 18
+_MAX_POLL_MS = 2**31 - 1
+_EXIT_CHECK = 0.1  # without a pidfd: how often a blocked read checks that the worker lives
 _EXIT_GRACE = 2.0  # after EOF, how long a worker may take to finish dying
 _PUMP_JOIN = 1.0  # how long to wait for the last of its stderr
 _HAS_WAITID = hasattr(os, "waitid")
@@ -43,7 +53,11 @@ class Eof(Exception):
 
 
 class Deadline(Exception):
-    """A deadline passed while waiting on the worker."""
+    """A call's deadline passed while waiting on the worker (which is left as it is)."""
+
+
+class NotReady(Exception):
+    """The worker did not send its handshake within spawn_timeout; it was killed."""
 
 
 class BadMessage(Exception):
@@ -61,41 +75,81 @@ class Conn:
         self,
         popen: subprocess.Popen[bytes],
         max_message_bytes: int,
+        *,
+        token: str,
+        spawn_timeout: float,
         stderr: str = "forward",
         stderr_tail: int = 1 << 15,
     ) -> None:
+        """Take over a started worker. On failure (no fd, no thread) everything this
+        took is released and the exception raised; the caller still owns ``popen``."""
         assert popen.stdin and popen.stdout and popen.stderr
         self.popen = popen
         self.pid = popen.pid
         self.ready = False
+        #: True between whole exchanges only (see the module docstring).
+        self.idle = False
+        #: Set by kill(): this worker is not to be used again.
+        self.killed = False
         self.returncode: int | None = None
         #: True when the worker closed its channel yet had to be killed to end.
         self.outlived_eof = False
+        #: The worker must have sent its handshake by then.
+        self.spawn_deadline = time.monotonic() + spawn_timeout
+        self._token = token
+        self._handshaking = False
+        self._finished = False
         self._w = popen.stdin.fileno()
         self._r = popen.stdout.fileno()
         os.set_blocking(self._w, False)
         self._reader = _wire.FrameReader(max_message_bytes, strict=False)
         self._buf = bytearray(_READ_SIZE)
         self._inbox: deque[Any] = deque()
-        self._poll_in = select.poll() if hasattr(select, "poll") else None
-        if self._poll_in is not None:
-            self._poll_in.register(self._r, select.POLLIN)
-        # The pump takes its own copy of the fd and closes it when done.
-        stderr_fd = os.dup(popen.stderr.fileno())
-        popen.stderr.close()
-        self._pump = StderrPump(stderr_fd, self.pid, stderr, stderr_tail)
-        self._pump.start()
         self._reap_lock = threading.Lock()
+        self._pidfd = -1
+        stderr_fd = -1
+        try:
+            self._pidfd = _open_pidfd(self.pid)
+            self._poll_in: select.poll | None = _reader_poll(self._r, self._pidfd)
+            # The pump takes its own copy of the fd and closes it when done.
+            stderr_fd = os.dup(popen.stderr.fileno())
+            pump = StderrPump(stderr_fd, self.pid, stderr, stderr_tail)
+            pump.start()  # RuntimeError when no thread can be started
+        except BaseException:
+            if stderr_fd >= 0:
+                os.close(stderr_fd)  # the pump never ran: the fd is still ours
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+            raise
+        self._pump = pump
+        popen.stderr.close()
 
     # -- talking -----------------------------------------------------------
 
-    def handshake(self, deadline: float) -> None:
+    def fresh(self) -> bool:
+        """Whether a handshake may still be attempted (none was cut short or failed)."""
+        return not (self.ready or self._handshaking or self.killed or self._finished)
+
+    def handshake(self, deadline: float | None) -> None:
         """Wait for Hello; anything before it is program noise, sent to stderr.
 
-        Raises Deadline, Eof or Refused; the worker is then dead and reaped.
+        Waits until ``deadline`` (a call's) or the spawn deadline, whichever comes
+        first. Raises Deadline when the call's comes first: the worker is left to
+        start, and a later handshake may pick it up. Raises NotReady, Eof or
+        Refused; the worker is then dead and reaped.
         """
+        call_first = deadline is not None and deadline < self.spawn_deadline
+        self._handshaking = True
         try:
-            self._await_hello(deadline)
+            self._await_hello(deadline if call_first else self.spawn_deadline)
+        except Deadline:
+            if call_first:
+                self._handshaking = False  # nothing half-read: polls come before reads
+                raise
+            self.kill()
+            self.finish()
+            raise NotReady from None
         except (Eof, Refused):
             self.finish()  # it is ending by itself: its own exit status tells why
             raise
@@ -103,14 +157,16 @@ class Conn:
             self.kill()
             self.finish()
             raise
+        self._handshaking = False
+        self.idle = True
 
-    def _await_hello(self, deadline: float) -> None:
+    def _await_hello(self, deadline: float | None) -> None:
         while True:
             message = self._next(deadline)
             if isinstance(message, bytes):  # a stray frame: stdout noise
                 self._pump.write(message)
                 continue
-            startup = _protocol.parse_startup(message)
+            startup = _protocol.parse_startup(message, self._token)
             if isinstance(startup, _protocol.Hello):
                 if startup.version != _protocol.PROTOCOL_VERSION:
                     self.kill()
@@ -145,11 +201,20 @@ class Conn:
         view = memoryview(frame)[n:]
         poller = select.poll()
         poller.register(self._w, select.POLLOUT)
+        if self._pidfd >= 0:
+            poller.register(self._pidfd, select.POLLIN)
         while view:
-            # A large frame: wait for room, but never past the call's deadline.
-            timeout_ms = _poll_ms(deadline)
-            if not poller.poll(timeout_ms):
-                raise Deadline
+            # A large frame: wait for room, but never past the call's deadline, and
+            # not after the worker died (a process it forked may hold the pipe).
+            events = poller.poll(_poll_ms(deadline, self._pidfd < 0))
+            if not events:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Deadline
+                if not self.alive():
+                    raise Eof
+                continue
+            if all(fd == self._pidfd for fd, _ in events):
+                raise Eof
             try:
                 view = view[os.write(self._w, view) :]
             except BlockingIOError:
@@ -160,9 +225,14 @@ class Conn:
     def _next(self, deadline: float | None) -> Any:
         inbox = self._inbox
         while not inbox:
-            if deadline is not None and self._poll_in is not None:
-                if not self._poll_in.poll(_poll_ms(deadline)):
-                    raise Deadline
+            poll_in = self._poll_in
+            if deadline is None and poll_in is not None and self._pidfd >= 0:
+                # The hot path (no timeout), inlined: one poll, then the read.
+                events = poll_in.poll()
+                if len(events) == 1 and events[0][0] == self._pidfd:
+                    raise Eof  # dead, and nothing left to read
+            else:
+                self._await_readable(deadline)
             n = os.readv(self._r, [self._buf])
             if n == 0:
                 raise Eof
@@ -174,6 +244,23 @@ class Conn:
                 return messages[0]
             inbox.extend(messages)
         return inbox.popleft()
+
+    def _await_readable(self, deadline: float | None) -> None:
+        """Return when the worker's stdout has bytes or EOF; raise Deadline, or Eof
+        when the worker died while something it forked keeps its stdout open."""
+        if self._poll_in is None:  # finished
+            raise Eof
+        pidfd = self._pidfd
+        while True:
+            events = self._poll_in.poll(_poll_ms(deadline, pidfd < 0))
+            if events:
+                if len(events) == 1 and events[0][0] == pidfd:
+                    raise Eof  # dead, and nothing left to read
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Deadline
+            if pidfd < 0 and not self.alive():
+                raise Eof
 
     # -- ending ------------------------------------------------------------
 
@@ -188,6 +275,8 @@ class Conn:
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (any thread; no-op once reaped)."""
+        self.killed = True
+        self.idle = False
         with self._reap_lock:
             if self.returncode is None:
                 self._killpg()
@@ -203,12 +292,40 @@ class Conn:
         return self.popen.poll() is None  # pragma: no cover - Windows
 
     def finish(self, grace: float = _EXIT_GRACE) -> int:
-        """Wait for the worker to exit (killing it after ``grace``), kill its group, reap.
-
-        Returns the exit status. Only the holder calls this.
-        """
-        if self.returncode is not None:
+        """Wait for the worker to exit (killing it after ``grace``), kill its group, reap,
+        release everything. Returns the exit status. Only the holder calls this;
+        cut short (Ctrl-C), it may be called again and goes on where it stopped."""
+        self.idle = False
+        if self._finished:
+            assert self.returncode is not None
             return self.returncode
+        if self.returncode is None:
+            self._await_exit(grace)
+            with self._reap_lock:
+                # The leader is a zombie: its group id is still ours to kill.
+                self._killpg()
+                self.returncode = self.popen.wait()
+        watchdog.unregister(self.pid)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if self._pidfd >= 0:
+            pidfd, self._pidfd = self._pidfd, -1
+            os.close(pidfd)
+        self._pump.join(_PUMP_JOIN)
+        # An exception raised from this call keeps this Conn alive through its
+        # traceback: let go of the buffers now.
+        self._buf = bytearray()
+        self._inbox.clear()
+        self._reader = _wire.FrameReader(1)
+        self._poll_in = None
+        self._finished = True
+        return self.returncode
+
+    def _await_exit(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         pause = 0.0005
         while self.alive():
@@ -218,31 +335,35 @@ class Conn:
                 deadline = float("inf")
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
-        with self._reap_lock:
-            # The leader is a zombie: its group id is still ours to kill.
-            self._killpg()
-            self.returncode = self.popen.wait()
-        watchdog.unregister(self.pid)
-        for stream in (self.popen.stdin, self.popen.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        self._pump.join(_PUMP_JOIN)
-        # An exception raised from this call keeps this Conn alive through its
-        # traceback: let go of the buffers now.
-        self._buf = bytearray()
-        self._inbox.clear()
-        self._reader = _wire.FrameReader(1)
-        self._poll_in = None
-        return self.returncode
 
     def stderr_tail(self) -> str:
         return self._pump.tail()
 
 
-def _poll_ms(deadline: float | None) -> int | None:
+def _poll_ms(deadline: float | None, check_exit: bool = False) -> int | None:
+    """poll()'s timeout until ``deadline``; at most _EXIT_CHECK with ``check_exit``."""
     if deadline is None:
-        return None
-    return max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+        return int(_EXIT_CHECK * 1000) if check_exit else None
+    # Capped: poll() takes a C int (and timeout=float("inf") is a valid deadline).
+    ms = max(0, int(min((deadline - time.monotonic()) * 1000 + 0.999, _MAX_POLL_MS)))
+    return min(ms, int(_EXIT_CHECK * 1000)) if check_exit else ms
+
+
+def _open_pidfd(pid: int) -> int:
+    """A pidfd of ``pid`` (readable once it exits), or -1 where there is none."""
+    if not hasattr(os, "pidfd_open"):
+        return -1
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+            return -1  # an old kernel, a sandbox: fall back to checking its exit
+        raise  # EMFILE and the like: the caller gives up this worker
+
+
+def _reader_poll(r: int, pidfd: int) -> select.poll:
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    return poller

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ClosedError, TarnishError, for_call
+from ._settings import check_call_timeout
 from ._slot import Kill, Slot, WorkerSpec
 from ._task import Codec
 
@@ -242,6 +243,8 @@ class Dispatcher:
     # -- calls -------------------------------------------------------------
 
     def call(self, value: Any, timeout: float | None) -> Any:
+        if timeout is not None:
+            check_call_timeout(timeout)
         value = self._codec.validate_input(value)
         payload = self._codec.dump_input(value)
         try:
@@ -259,6 +262,8 @@ class Dispatcher:
         return self._codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
+        if timeout is not None:
+            check_call_timeout(timeout)
         value = self._codec.validate_input(value)
         job = _Job(CallFuture(), value, self._codec.dump_input(value), timeout)
         with self._cond:

@@ -135,14 +135,17 @@ class WorkerCrashed(TarnishError):
 
 
 class TaskTimeout(TarnishError, TimeoutError):
-    """The call ran past its timeout; the worker's process group was killed and replaced."""
+    """The call ran past its timeout; the worker's process group was killed and replaced
+    (or, when the worker was still starting, it was left to start for a later call:
+    ``what_then`` says which)."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(f"call did not finish within {timeout:g} s; the worker was killed")
+    def __init__(self, timeout: float, what_then: str = "the worker was killed") -> None:
+        super().__init__(f"call did not finish within {timeout:g} s; {what_then}")
         self.timeout = timeout
+        self.what_then = what_then
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.timeout,), self.__dict__)
+        return (type(self), (self.timeout, self.what_then), self.__dict__)
 
 
 class SpawnError(TarnishError):

@@ -37,7 +37,7 @@ class _Handle(Generic[In, Out]):
     def _start(self, task: type[Task[In, Out]], size: int, settings: Settings) -> None:
         """Start ``size`` workers for ``task``."""
         module, name = task_location(task)
-        dispatcher = Dispatcher(WorkerSpec(module, name, settings), size, codec(task))
+        dispatcher = Dispatcher(WorkerSpec(module, name, settings, task), size, codec(task))
         self._dispatcher = dispatcher
         # The finalizer holds the dispatcher, never the handle (or it would live forever).
         self._finalizer = weakref.finalize(self, dispatcher.close)
@@ -47,7 +47,14 @@ class _Handle(Generic[In, Out]):
     def call(self, input: In, *, timeout: float | None = None) -> Out:
         """Run the task on ``input`` in a worker and return its result.
 
-        ``timeout`` (seconds) overrides the handle's default for this call.
+        ``timeout`` (seconds, a positive number; None: the handle's default)
+        bounds the call from the moment a worker is free for it: the wait for a
+        worker that is still starting (a replacement after a crash), sending
+        the input, the run and the reply. Past it: ``TaskTimeout``; a running
+        call's worker process group is killed and replaced (a process the task
+        moved out of that group, e.g. with ``start_new_session=True``, is not),
+        while a worker that was still starting is left to start for a later
+        call. It does not bound the wait for a free worker.
         Raises ``pydantic.ValidationError`` for invalid input (nothing is sent),
         ``TaskError``, ``WorkerCrashed``, ``TaskTimeout``, ``SpawnError``,
         ``ProtocolError`` or ``ClosedError``.
@@ -55,7 +62,7 @@ class _Handle(Generic[In, Out]):
         return self._dispatcher.call(input, timeout)  # type: ignore[no-any-return]
 
     def submit(self, input: In, *, timeout: float | None = None) -> cf.Future[Out]:
-        """Start a call and return its Future at once.
+        """Start a call and return its Future at once (``timeout`` as in :meth:`call`).
 
         Cancelling the Future of a queued call removes it; cancelling one that
         is running kills (and replaces) the worker running it.

@@ -2,10 +2,10 @@
 
 ::
 
-    worker -> parent   Hello(version, pid)          once, right after start
+    worker -> parent   Hello(token, version, pid)   once, right after start
                        Result(call_id, value)
                        Error(call_id, type_name, message, traceback)
-                       Fatal(message)               the worker cannot serve
+                       Fatal(message, token)        the worker cannot serve
     parent -> worker   Call(call_id, value)
                        Shutdown()
                        StateRequest(kind, call_id, value)   SNAPSHOT, RESTORE or CALL_KEEP
@@ -15,7 +15,9 @@
 On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
 (``_wire``). The worker writes one extra 0x00 before Hello so that anything a
 program wrote to stdout before it could move fd 1 away ends in a frame of its
-own, which the parent treats as noise.
+own, which the parent treats as noise. Hello and Fatal carry the random token
+the parent put in this worker's environment marker: bytes a program wrote
+before it imported tarnish_py cannot know it, so noise never passes for either.
 
 Builders return frames (or packed bytes, for the size check against
 ``max_message_bytes``); parsers take what ``FrameReader`` yields and return the
@@ -56,7 +58,7 @@ __all__ = [
     "shutdown_frame",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: Hello and Fatal carry the spawn's token
 
 HELLO: Final = 0
 CALL: Final = 1
@@ -73,7 +75,7 @@ _STATE_KINDS: Final = (SNAPSHOT, RESTORE, CALL_KEEP)
 
 class Hello(NamedTuple):
     version: Any  # compared, never trusted: another version may send anything
-    pid: int
+    pid: Any
 
 
 class Call(NamedTuple):
@@ -114,20 +116,59 @@ Request = Call | Shutdown | StateRequest
 # -- building ----------------------------------------------------------------
 
 
-def hello_frame(pid: int) -> bytes:
-    return _wire.encode_frame([HELLO, PROTOCOL_VERSION, pid])
+def hello_frame(pid: int, token: str) -> bytes:
+    # The token comes first, so that any later version is recognised by it.
+    return _wire.encode_frame([HELLO, token, PROTOCOL_VERSION, pid])
 
 
-def fatal_frame(message: str) -> bytes:
-    return _wire.encode_frame([FATAL, message])
+def fatal_frame(message: str, token: str) -> bytes:
+    return _wire.encode_frame([FATAL, message, token])
 
 
 def shutdown_frame() -> bytes:
     return _wire.encode_frame([SHUTDOWN])
 
 
-def error_packed(error: Error) -> bytes:
-    return _wire.pack([ERROR, *error])
+def error_packed(error: Error, limit: int | None = None) -> bytes:
+    """The packed Error; with ``limit``, its texts cut until it fits in ``limit`` bytes
+    (the head of the message, the tail of the traceback: where the error is)."""
+    packed = _wire.pack([ERROR, *error])
+    budget = limit
+    while budget is not None and len(packed) > budget and budget > 0:
+        budget //= 2
+        assert limit is not None
+        shorter = error._replace(
+            type_name=_cut_head(error.type_name, budget // 2),
+            message=_cut_head(error.message, budget // 2),
+            traceback=_cut_tail(error.traceback, budget // 2),
+        )
+        packed = _wire.pack([ERROR, *shorter])
+        if len(packed) <= limit:
+            break
+    return packed  # a limit too small for anything: the parent reports it
+
+
+_CUT = " [... cut to fit max_message_bytes]"
+
+
+def _cut_head(text: str, size: int) -> str:
+    """``text``, or its beginning and a note, in at most ``size`` UTF-8 bytes."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= size:
+        return text
+    if size <= len(_CUT):
+        return data[:size].decode("utf-8", "ignore")
+    return data[: size - len(_CUT)].decode("utf-8", "ignore") + _CUT
+
+
+def _cut_tail(text: str, size: int) -> str:
+    """``text``, or a note and its end, in at most ``size`` UTF-8 bytes."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= size:
+        return text
+    if size <= len(_CUT):
+        return data[len(data) - size :].decode("utf-8", "ignore")
+    return _CUT.strip() + "\n" + data[len(data) - size + len(_CUT) :].decode("utf-8", "ignore")
 
 
 class Packer:
@@ -152,12 +193,13 @@ class Packer:
 # -- parsing -----------------------------------------------------------------
 
 
-def parse_startup(message: list[Any]) -> Hello | Fatal | None:
-    """A message seen before the handshake; None for one that is neither (noise)."""
+def parse_startup(message: list[Any], token: str) -> Hello | Fatal | None:
+    """A message seen before the handshake; None for one that is neither Hello nor
+    Fatal with this spawn's ``token`` (noise, however much it looks like them)."""
     kind = message[0]
-    if kind == HELLO and len(message) == 3:
-        return Hello(message[1], message[2])
-    if kind == FATAL and len(message) == 2:
+    if kind == HELLO and len(message) >= 4 and message[1] == token:
+        return Hello(message[2], message[3])
+    if kind == FATAL and len(message) == 3 and message[2] == token:
         return Fatal(str(message[1]))
     return None
 

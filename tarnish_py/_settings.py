@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["DEFAULTS", "HandleKeywords", "Limits", "Settings"]
+__all__ = ["DEFAULTS", "HandleKeywords", "Limits", "Settings", "check_call_timeout"]
 
 StartMethod = Literal["auto", "exec"]
 StderrMode = Literal["forward", "capture", "log"]
@@ -32,6 +32,14 @@ def _seconds(name: str, value: Any, *, optional: bool) -> None:
         raise TypeError(f"{name} must be {allowed}, not {value!r}")
     if not value > 0 or math.isnan(value):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+def check_call_timeout(timeout: Any) -> None:
+    """Refuse a per-call ``timeout=`` that is neither None nor a positive number of seconds."""
+    if type(timeout) is float or type(timeout) is int:  # the common case, cheaply
+        if timeout > 0:
+            return
+    _seconds("timeout", timeout, optional=True)
 
 
 def _positive_int(name: str, value: Any, *, optional: bool = False) -> None:

@@ -2,8 +2,10 @@
 
 ::
 
-    Slot.spawn()   _spawn.start -> Conn              (no waiting)
-    Slot.ready()   Conn.handshake          Deadline / Eof / Refused  -> SpawnError
+    Slot.spawn()   a starter thread: _spawn.start -> Conn, joined (no handshake)
+    Slot.ready()   Conn.handshake          NotReady / Eof / Refused  -> SpawnError
+                                           Deadline (the call's)     -> TaskTimeout,
+                                                                        worker kept
     Slot.call()    Conn.request(Call)      Eof       -> WorkerCrashed (or ClosedError,
                                                         CancelledError when we killed it)
                                            Deadline  -> TaskTimeout
@@ -13,6 +15,12 @@
 
 A slot is held by one thread at a time (``_dispatch`` sees to it); any thread
 may :meth:`Slot.kill` its worker, and the holder then sees EOF.
+
+Interrupted at any instant (Ctrl-C raises in the holder's thread), a slot is
+left in a state the next holder recognises: a Conn is ``idle`` only between
+whole exchanges, so one cut short is dropped (killed, reaped) and replaced,
+never reused; a worker is started, and its Conn built and stored, by a starter
+thread that the interrupt cannot reach, so no started process is ever lost.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ import time
 from typing import Any
 
 from . import _environ, _limits, _protocol, _spawn, _wire
-from ._boot import WorkerConfig
-from ._conn import BadMessage, Conn, Deadline, Eof, Refused
+from ._boot import WorkerConfig, new_token
+from ._conn import BadMessage, Conn, Deadline, Eof, NotReady, Refused
 from ._errors import (
     ClosedError,
     ProtocolError,
@@ -69,8 +77,12 @@ class WorkerSpec:
 
     __slots__ = ("argv", "config", "settings")
 
-    def __init__(self, module: str, name: str, settings: Settings) -> None:
+    def __init__(
+        self, module: str, name: str, settings: Settings, task: type | None = None
+    ) -> None:
         self.settings = settings
+        if task is not None:
+            _spawn.require_own_main(task, module, name)
         self.argv = _spawn.command_for(module, f"{module}.{name.lstrip('@')}")
         self.config = WorkerConfig(
             module=module,
@@ -83,15 +95,14 @@ class WorkerSpec:
         )
 
     def config_now(self) -> WorkerConfig:
-        """The config for a worker started now: it works in the parent's current folder."""
+        """The config for a worker started now: it works in the parent's current
+        folder, and has a token of its own."""
         try:
             cwd = os.getcwd()
         except OSError:  # pragma: no cover - the current folder was deleted
             cwd = None
         level = parent_log_level()  # workers log what the parent's logging lets through
-        if cwd != self.config.cwd or level != self.config.log_level:
-            self.config = dataclasses.replace(self.config, cwd=cwd, log_level=level)
-        return self.config
+        return dataclasses.replace(self.config, cwd=cwd, token=new_token(), log_level=level)
 
 
 class Slot:
@@ -111,6 +122,8 @@ class Slot:
         self._limit = spec.settings.max_message_bytes
         self._conn: Conn | None = None
         self._spawn_error: SpawnError | None = None
+        self._starter: threading.Thread | None = None
+        self._lock = threading.Lock()  # _conn and _spawn_error, against the starter
         self._next_id = 0
         self._pack = _protocol.Packer()  # one holder at a time: a reused Packer is safe
         self._closing = False
@@ -130,47 +143,105 @@ class Slot:
     # -- starting ----------------------------------------------------------
 
     def spawn(self) -> None:
-        """Start a worker process now; its handshake is awaited by the next call."""
+        """Start a worker process now; its handshake is awaited by the next call.
+
+        A starter thread starts it and stores its Conn; this thread only waits.
+        Interrupted, the wait ends, never the start: the starter finishes, and
+        the next ready() finds the worker (or its SpawnError).
+        """
         if self._closing:
             return
+        starter = threading.Thread(
+            target=self._start_worker, name=f"tarnish_py-start-{self.index}", daemon=True
+        )
         try:
-            popen = _spawn.start(self._spec.config_now(), self._spec.argv, self._spec.settings.env)
-        except SpawnError as exc:
-            self._spawn_error = exc
+            starter.start()
+        except RuntimeError as exc:  # no thread to be had: nothing was started
+            self._spawn_error = SpawnError(f"cannot start a worker: {exc}")
             return
-        self._spawn_error = None
-        settings = self._spec.settings
-        self._conn = Conn(popen, self._limit, settings.stderr, settings.stderr_tail)
+        self._starter = starter
+        starter.join()
+        self._starter = None
 
-    def ready(self) -> Conn:
-        """The slot's worker, started and handshaken (one attempt; no retry loop)."""
-        conn = self._conn
-        if conn is not None and conn.ready:
-            return conn
-        if conn is None:
-            if self._spawn_error is None:
-                self.spawn()
-            if self._spawn_error is not None:
-                error, self._spawn_error = self._spawn_error, None
-                raise error
-            conn = self._conn
-            assert conn is not None
-        timeout = self._spec.settings.spawn_timeout
+    def _start_worker(self) -> None:
+        """In the starter thread: a started worker, stored in the slot, or its SpawnError."""
         try:
-            conn.handshake(time.monotonic() + timeout)
-        except (Deadline, Eof, Refused) as exc:
-            self._conn = None
+            conn = _new_conn(self._spec)
+        except BaseException as exc:
+            if not isinstance(exc, SpawnError):
+                exc = SpawnError(f"cannot start a worker: {exc!r}")
+            with self._lock:
+                if self._conn is None:
+                    self._spawn_error = exc
+            return
+        with self._lock:
+            if self._conn is None and not self._closing:
+                self._conn, self._spawn_error = conn, None
+                return
+        # Another start won (after an interrupted wait), or the slot closed meanwhile.
+        conn.kill()
+        conn.finish()
+
+    def _await_starter(self) -> None:
+        starter = self._starter
+        if starter is not None:
+            starter.join()
+            self._starter = None
+
+    def ready(self, deadline: float | None = None, timeout: float | None = None) -> Conn:
+        """The slot's worker, started and handshaken (one attempt; no retry loop).
+
+        With a call's ``deadline``, waiting for a starting worker ends there:
+        TaskTimeout(``timeout``), and the worker is left to start for a later call.
+        """
+        conn = self._conn
+        if conn is not None and conn.idle and not conn.killed:
+            return conn
+        self._await_starter()
+        conn = self._conn
+        if conn is not None and not conn.fresh():
+            self._drop(conn)  # cut short mid-call or mid-handshake, or killed: never reused
+            conn = None
+        if conn is None:
+            conn = self._started()
+        try:
+            conn.handshake(deadline)
+        except Deadline:
+            raise TaskTimeout(
+                timeout or 0.0, "the worker was still starting; it goes on, for the next call"
+            ) from None
+        except (NotReady, Eof, Refused) as exc:
+            self._clear(conn)
             if self.kill_reason is Kill.CLOSE:
                 raise ClosedError("the handle was closed while its worker was starting") from None
-            raise _spawn_error(exc, conn, timeout) from None
+            raise _spawn_error(exc, conn, self._spec.settings.spawn_timeout) from None
+        return conn
+
+    def _started(self) -> Conn:
+        """A newly started worker (not yet handshaken), or the SpawnError of the start."""
+        if self._spawn_error is None and self._conn is None:
+            self.spawn()
+        error, self._spawn_error = self._spawn_error, None
+        if error is not None:
+            raise error
+        conn = self._conn
+        if conn is None:
+            raise ClosedError("the handle is closed")
         return conn
 
     # -- calling -----------------------------------------------------------
 
     def call(self, payload: Any, timeout: float | None, kind: int = _protocol.CALL) -> Any:
-        """Run one call (or state request, ``kind``) on this slot's worker; the raw result."""
+        """Run one call (or state request, ``kind``) on this slot's worker; the raw result.
+
+        ``timeout`` bounds the whole call: the wait for a starting worker, sending
+        the input, the run, and receiving the result.
+        """
+        deadline = time.monotonic() + timeout if timeout is not None else None
         self.call_pid = None
-        conn = self.ready()
+        conn = self._conn
+        if conn is None or not conn.idle or conn.killed:
+            conn = self.ready(deadline, timeout)
         self.call_pid = conn.pid
         keeper = self.keeper
         if keeper is not None:  # a replacement worker gets the kept state first
@@ -183,9 +254,9 @@ class Slot:
                 f"the input takes {len(packed)} bytes, more than max_message_bytes "
                 f"({self._limit}); raise max_message_bytes or send less"
             )
-        deadline = time.monotonic() + timeout if timeout is not None else None
         if self.kill_reason is not None:
             conn.kill()
+        conn.idle = False  # until the whole reply is in: an interrupt leaves it False
         try:
             message = conn.request(_wire.frame_packed(packed), deadline)
             reply = _protocol.parse_reply(message, call_id)
@@ -202,6 +273,7 @@ class Slot:
             # flight, so this worker is never reused.
             self._discard(conn)
             raise
+        conn.idle = True
         if self._recycler is not None:
             self._recycle_if_due(conn)
         if type(reply) is _protocol.Result:
@@ -248,17 +320,26 @@ class Slot:
 
     def _replace(self, conn: Conn) -> None:
         conn.finish()
-        if self._conn is conn:
-            self._conn = None
+        self._clear(conn)
         if not self._closing and self.kill_reason is not Kill.CLOSE:
             self.spawn()
 
+    def _drop(self, conn: Conn) -> None:
+        """Kill and reap ``conn`` (again, if an interrupt cut that short before)."""
+        conn.kill()
+        conn.finish()
+        self._clear(conn)
+
+    def _clear(self, conn: Conn) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+
     def restart(self) -> None:
+        self._await_starter()
         conn = self._conn
         if conn is not None:
-            conn.kill()
-            conn.finish()
-            self._conn = None
+            self._drop(conn)
         self._spawn_error = None
         self.ready()
 
@@ -293,11 +374,13 @@ class Slot:
 
     def begin_shutdown(self) -> None:
         """Ask the (idle) worker to exit; the holder calls this."""
-        self._closing = True
+        with self._lock:
+            self._closing = True
+        self._await_starter()
         conn = self._conn
         if conn is None:
             return
-        if conn.ready:
+        if conn.idle and not conn.killed:
             try:
                 conn.send(_protocol.shutdown_frame(), time.monotonic() + 1.0)
             except (Eof, Deadline, OSError):
@@ -313,10 +396,31 @@ class Slot:
             self._recycler.join(deadline)  # workers retired by max_calls / max_memory
 
 
+def _new_conn(spec: WorkerSpec) -> Conn:
+    """Start a worker process and take it over; SpawnError (nothing left behind) if not."""
+    config = spec.config_now()
+    settings = spec.settings
+    popen = _spawn.start(config, spec.argv, settings.env)
+    try:
+        return Conn(
+            popen,
+            settings.max_message_bytes,
+            token=config.token,
+            spawn_timeout=settings.spawn_timeout,
+            stderr=settings.stderr,
+            stderr_tail=settings.stderr_tail,
+        )
+    except BaseException as exc:
+        _spawn.abandon(popen)
+        if isinstance(exc, (OSError, RuntimeError)):  # EMFILE, no thread left ...
+            raise SpawnError(f"cannot take over the started worker process: {exc}") from exc
+        raise
+
+
 def _spawn_error(exc: Exception, conn: Conn, spawn_timeout: float) -> SpawnError:
     """Why a worker never became ready, with its stderr."""
     tail = conn.stderr_tail()
-    if isinstance(exc, Deadline):
+    if isinstance(exc, NotReady):
         return SpawnError(
             f"the worker did not become ready within {spawn_timeout:g} s (spawn_timeout)", tail
         )

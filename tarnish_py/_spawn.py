@@ -4,31 +4,47 @@
 
     parent                                   worker (own process group / session)
     ------                                   ------
-    command_for(task) ----- Popen ------->   python <the same program> | -c <import hook>
-    env TARNISH_PY_WORKER = {task, ...}      tarnish_py import: marker read and removed,
-                                             stdout moved off the channel
-    watchdog.register(pgid)                  main() / serve(): HELLO, then calls
+    require_own_main(task)                   (a __main__ task: the program defines it)
+    command_for(task)
+    watchdog.ensure()
+    Popen ------------------------------->   python <the same program> | -c <import hook>
+    env TARNISH_PY_WORKER = {task, token ..} tarnish_py import: marker read, checked
+                                             and removed, stdout moved off the channel
+    watchdog.register(pgid)                  main() / serve(): HELLO(token), then calls
 
 A task defined in ``__main__`` is found by re-executing the program the way it
 was started (script, ``-m``, ``-c``, frozen executable; interpreter flags kept),
-and that program must call :func:`tarnish_py.main`. A task from an importable
-module is found by importing it in ``python -c``, with the parent's ``sys.path``.
+and that program must call :func:`tarnish_py.main` — only when the program's
+own ``__main__`` defines that very class at that name. A task from an
+importable module is found by importing it in ``python -c``, with the parent's
+``sys.path``.
 
-Each started worker is registered with the ``_watchdog`` at once.
+The watchdog runs before the first worker exists, and each started worker is
+registered with it at once; a worker whose parent dies in between exits by
+itself (``_boot``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
-from ._boot import MARKER, WorkerConfig, refuse_spawn_before_main
+from ._boot import MARKER, WorkerConfig, program_main, refuse_spawn_before_main
 from ._environ import EnvSetting, worker_env
 from ._errors import SpawnError
 from ._watchdog import watchdog
 
-__all__ = ["START_CWD", "absolute_sys_path", "command_for", "start"]
+__all__ = [
+    "START_CWD",
+    "abandon",
+    "absolute_sys_path",
+    "command_for",
+    "require_own_main",
+    "start",
+]
 
 _POSIX = os.name == "posix"
 
@@ -145,6 +161,36 @@ def _reexec_argv(task_name: str) -> list[str]:
     raise _cannot_reexec(task_name, "an interactive session")
 
 
+def require_own_main(task: type, module: str, name: str) -> None:
+    """Refuse a task that says it lives in ``__main__`` but is not the program's own.
+
+    A class rebuilt by cloudpickle in a Dask or Ray worker, or received by a
+    multiprocessing child, says ``__module__ == "__main__"``; re-executing
+    "the program" there would start the Dask worker (or whatever runs) again.
+    """
+    if module == "__mp_main__":
+        raise SpawnError(
+            f"cannot start a worker for {name}: it is defined in the main script of a "
+            "multiprocessing child (module __mp_main__), which cannot be re-executed. "
+            "Define the task in an importable module and import it from there."
+        )
+    if module != "__main__" or name.startswith("@"):
+        return
+    first, *rest = name.split(".")
+    namespace = program_main()
+    found: Any = namespace.get(first) if namespace is not None else None
+    for part in rest:
+        found = getattr(found, part, None)
+    if found is not task:
+        raise SpawnError(
+            f"cannot start a worker for __main__.{name}: this program's __main__ does not "
+            f"define that class at that name. The class only says __module__ == "
+            "'__main__' (rebuilt by cloudpickle in a Dask or Ray worker, seen in a "
+            "multiprocessing child, or renamed); tarnish_py re-executes only the program "
+            "that defines a task. Define the task in an importable module."
+        )
+
+
 def _interpreter_flags() -> list[str]:
     # The same -O, -W, -X ... as the parent, for the "python -c" worker.
     return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
@@ -180,10 +226,15 @@ def _enlarge_pipe(fd: int) -> None:
 def start(
     config: WorkerConfig, argv: list[str], env_setting: EnvSetting = None
 ) -> subprocess.Popen[bytes]:
-    """Start a worker process (does not wait for its handshake)."""
+    """Start a worker process (does not wait for its handshake).
+
+    Raises SpawnError (nothing started). The caller owns the process from the
+    moment this returns: it must build its Conn, or :func:`abandon` it.
+    """
     refuse_spawn_before_main()
     if not _POSIX:  # pragma: no cover - Windows
         raise SpawnError("tarnish_py workers need a POSIX system (Linux, macOS) for now")
+    watchdog.ensure()  # running before the worker exists: no unguarded moment
     env = worker_env(env_setting)  # the env= keyword (_environ)
     env[MARKER] = config.dumps()
     # A re-executed program starts where the parent started, so that "-m pkg" and
@@ -203,8 +254,28 @@ def start(
         )
     except OSError as exc:
         raise SpawnError(f"cannot start a worker process ({argv[0]}): {exc}") from exc
-    assert popen.stdin is not None and popen.stdout is not None
-    _enlarge_pipe(popen.stdin.fileno())
-    _enlarge_pipe(popen.stdout.fileno())
-    watchdog.register(popen.pid)
+    try:
+        watchdog.register(popen.pid)
+        assert popen.stdin is not None and popen.stdout is not None
+        _enlarge_pipe(popen.stdin.fileno())
+        _enlarge_pipe(popen.stdout.fileno())
+    except BaseException:
+        abandon(popen)
+        raise
     return popen
+
+
+def abandon(popen: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a started worker that will never serve, and close its pipes."""
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)  # unreaped: the group id is still its own
+    except OSError:
+        pass
+    popen.wait()
+    watchdog.unregister(popen.pid)
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass

@@ -194,19 +194,31 @@ def _summary(lines: list[bytes]) -> bytes:
     library, installed packages and tarnish_py (the user's line that called into
     the crashing code), else the innermost frame.
     """
-    frames: list[re.Match[bytes]] = []
-    for line in lines[1:]:
-        frame = _FRAME.match(line)
-        if frame is not None:
-            frames.append(frame)
-        elif frames:
-            break  # the crashed thread is dumped first
+    frames = _crashed_thread_frames(lines[1:])
     text = lines[0].rstrip()
     if frames:
         frame = next((f for f in frames if not f[1].startswith(_LIBRARY_PATHS)), frames[0])
         path = b"/".join(frame[1].split(b"/")[-2:])
         text += b" at " + path + b":" + frame[2] + b" in " + frame[3].rstrip()
     return text + b" (full stack: WorkerCrashed.stderr)"
+
+
+def _crashed_thread_frames(lines: list[bytes]) -> list[re.Match[bytes]]:
+    """The frames of the thread that crashed: the section headed "Current thread"
+    (threads are dumped in no fixed order), else the first section."""
+    sections: list[tuple[bytes, list[re.Match[bytes]]]] = []
+    for line in lines:
+        frame = _FRAME.match(line)
+        if frame is not None:
+            if not sections:
+                sections.append((b"", []))
+            sections[-1][1].append(frame)
+        elif line.startswith((b"Current thread", b"Thread 0x", b"Stack (most recent")):
+            sections.append((line, []))
+    for header, frames in sections:
+        if header.startswith(b"Current thread") and frames:
+            return frames
+    return next((frames for _, frames in sections if frames), [])
 
 
 def _library_paths() -> tuple[bytes, ...]:

@@ -5,9 +5,14 @@
     parent --"+pgid\n" / "-pgid\n"--> watchdog stdin   (a pipe only the parent writes)
     parent dies -> EOF -> watchdog SIGKILLs every registered process group
 
-One small ``python -S`` process per parent. Workers stuck in C die too, and so
-do the processes their tasks started (they share the worker's group). It does
-not depend on which thread spawned the worker, unlike ``PR_SET_PDEATHSIG``.
+One small ``python -S`` process per parent, started before the first worker
+(``_spawn`` calls :meth:`_Watchdog.ensure` before each Popen). Workers stuck in
+C die too, and so do the processes their tasks started while they stay in the
+worker's group (one that leaves it — ``setsid``, ``start_new_session=True`` —
+is out of reach). It does not depend on which thread spawned the worker,
+unlike ``PR_SET_PDEATHSIG``. The parent keeps the set of live groups: a
+watchdog found dead (killed) at the next start or stop of a worker is replaced
+by a new one that is told every live group again.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = 0
+        self._groups: set[int] = set()  # what a replacement watchdog must be told
 
     def _live_fd(self) -> int | None:
         """The pipe to this process's own watchdog, if it is running."""
@@ -59,56 +65,90 @@ class _Watchdog:
             return None
         return proc.stdin.fileno() if proc.poll() is None else None
 
-    def _ensure(self) -> int | None:
+    def _ensure_locked(self) -> int | None:
+        # Under self._lock: nobody writes to an old pipe while it is replaced.
         fd = self._live_fd()
         if fd is not None:
             return fd
-        with self._lock:
-            fd = self._live_fd()
-            if fd is not None:
-                return fd
+        self._drop_dead()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-E", "-c", _WATCHDOG_SOURCE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+                bufsize=0,
+            )
+        except OSError:
+            return None
+        self._proc, self._owner = proc, os.getpid()
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        if self._groups:  # the last one was killed: this one guards every live group
             try:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-S", "-E", "-c", _WATCHDOG_SOURCE],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    close_fds=True,
-                    start_new_session=True,
-                    bufsize=0,
-                )
+                _write_all(fd, b"".join(b"+%d\n" % g for g in sorted(self._groups)))
             except OSError:
-                return None
-            self._owner = os.getpid()
-            assert self._proc.stdin is not None
-            return self._proc.stdin.fileno()
+                pass
+        return fd
+
+    def _drop_dead(self) -> None:
+        # This process's previous watchdog died: let go of its pipe.
+        proc = self._proc
+        if proc is not None and self._owner == os.getpid() and proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def ensure(self) -> None:
+        """Have a watchdog running now (best effort: failing to start one is not fatal)."""
+        if _POSIX:
+            with self._lock:
+                self._ensure_locked()
 
     def _send(self, line: bytes) -> None:
-        if not _POSIX:  # pragma: no cover - Windows
-            return
-        fd = self._ensure()
+        # Under self._lock.
+        fd = self._ensure_locked()
         if fd is None:
             return
         try:
-            os.write(fd, line)  # < PIPE_BUF: atomic, safe from any thread
+            os.write(fd, line)
         except OSError:
             pass
 
     def register(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+        if not _POSIX:  # pragma: no cover - Windows
+            return
+        with self._lock:
+            self._groups.add(pgid)
+            self._send(b"+%d\n" % pgid)
 
     def unregister(self, pgid: int) -> None:
-        if self._proc is not None:
-            self._send(b"-%d\n" % pgid)
+        if not _POSIX:  # pragma: no cover - Windows
+            return
+        with self._lock:
+            self._groups.discard(pgid)
+            if self._proc is not None:
+                self._send(b"-%d\n" % pgid)
 
     def forget_after_fork(self) -> None:
         # A forked child owns none of the parent's workers; the next register()
         # in it starts its own watchdog. Its copy of the pipe must go, or the
         # parent's death would not be seen while this child lives.
         proc, self._proc = self._proc, None
+        self._groups = set()
+        self._lock = threading.Lock()  # another thread may have held it at the fork
         if proc is not None and proc.stdin is not None:
             stdin, proc.stdin = proc.stdin, None
             stdin.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 watchdog = _Watchdog()

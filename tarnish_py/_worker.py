@@ -3,9 +3,13 @@
 ::
 
     (``_boot`` has adopted the channel when tarnish_py was imported)
-    main() / serve_importable()  the task is found, instantiated, set up
+    main() / serve_importable()  the task is found, instantiated, set up; a failure
+                                 of one of these steps: its traceback on stderr, a
+                                 Fatal naming the step, exit
     serve()                      b"\\x00" + Hello, then Call -> run -> Result | Error
-                                 until Shutdown (close(), exit 0) or EOF (parent gone)
+                                 (anything run() raises, BaseException included, is
+                                 an Error, cut to fit max_message_bytes) until
+                                 Shutdown (close(), exit 0) or EOF (parent gone)
 
 Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
 ``_wire``): nothing of the parent's side runs in a worker.
@@ -14,8 +18,8 @@ Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -37,8 +41,16 @@ def _resolve(module_name: str, name: str) -> type[Task[Any, Any]]:
         if module_name != "__main__":
             importlib.import_module(module_name)
         return task_for_label(name[1:])
-    obj: Any = importlib.import_module(module_name)
-    for part in name.split("."):
+    first, *rest = name.split(".")
+    if module_name == "__main__":
+        # The namespace main() was called from: the script's own, also under cProfile.
+        namespace = _boot.program_main() or {}
+        if first not in namespace:
+            raise LookupError(f"this program's __main__ does not define {first!r}")
+        obj: Any = namespace[first]
+    else:
+        obj = getattr(importlib.import_module(module_name), first)
+    for part in rest:
         obj = getattr(obj, part)
     if not (isinstance(obj, type) and issubclass(obj, Task)):
         raise TypeError(f"{module_name}.{name} is not a Task subclass")
@@ -59,20 +71,67 @@ def serve_importable() -> NoReturn:
 def serve() -> NoReturn:
     """Serve the task the marker names until Shutdown or EOF; never returns."""
     config = _boot.start_serving()
+    where = f"{config.module}.{config.name.lstrip('@')}"
     try:
         task_cls = _resolve(config.module, config.name)
         task_codec = codec(task_cls)
+    except BaseException as exc:
+        found = " when main() was called" if config.module == "__main__" else ""
+        _cannot_serve(f"cannot find the task {where}{found}", exc)
+    try:
         _limits.apply(config.limits)  # limits=: before the task is instantiated
-        instance = task_cls()
+    except BaseException as exc:
+        _cannot_serve(f"cannot apply the limits of {where}", exc)
+    instance = _instantiate(task_cls, where)
+    try:
         instance.setup()
     except BaseException as exc:
-        where = "in __main__ when main() was called" if config.module == "__main__" else ""
-        _boot.fatal(
-            f"cannot serve {config.module}.{config.name.lstrip('@')} {where}\n"
-            + _format_exception(exc)
-        )
-    _boot.write_all(_boot.channel_out, b"\x00" + _protocol.hello_frame(os.getpid()))
+        _cannot_serve(f"{where}.setup() raised", exc)
+    _boot.write_all(
+        _boot.channel_out, b"\x00" + _protocol.hello_frame(os.getpid(), config.token)
+    )
     _loop(instance, task_codec, config.max_message_bytes)
+
+
+def _instantiate(task_cls: type[Task[Any, Any]], where: str) -> Task[Any, Any]:
+    try:
+        return task_cls()
+    except BaseException as exc:
+        try:
+            inspect.signature(task_cls).bind()
+            needs_arguments = False
+        except TypeError:
+            needs_arguments = True
+        except ValueError:  # no signature to inspect
+            needs_arguments = False
+        if needs_arguments:
+            _cannot_serve(
+                f"{where} cannot be instantiated without arguments (a worker creates "
+                "its task with none: give __init__'s parameters defaults, or load "
+                "what it needs in setup())",
+                exc,
+            )
+        _cannot_serve(f"{where}() raised", exc)
+
+
+def _cannot_serve(what: str, exc: BaseException) -> NoReturn:
+    """Tell the parent which step failed; the traceback goes to stderr (``SpawnError.stderr``)."""
+    text = _format_exception(exc)
+    try:
+        _boot.write_all(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+    _boot.fatal(f"{what} {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    name = type(exc).__qualname__
+    line = f"{name}: {message}" if message else name
+    return line if len(line) <= 500 else line[:500] + " ..."
 
 
 def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
@@ -89,7 +148,7 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
         except InterruptedError:
             continue
         if n == 0:
-            _parent_gone()
+            _boot.parent_gone()
         for message in reader.feed(buf[:n]):
             try:
                 request = _protocol.parse_request(message)
@@ -110,8 +169,8 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
                         f"the result takes {len(reply)} bytes, more than "
                         f"max_message_bytes ({limit})"
                     )
-            except Exception as exc:
-                reply = _protocol.error_packed(_error(call_id, exc))
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
+                reply = _protocol.error_packed(_error(call_id, exc), limit)
             _boot.write_all(channel_out, _wire.frame_packed(reply))
 
 
@@ -169,17 +228,6 @@ def _shutdown(instance: Task[Any, Any]) -> NoReturn:
     os._exit(code)
 
 
-def _parent_gone() -> NoReturn:
-    # The parent died or closed the channel: take whatever the task started along.
-    _boot.flush_std()
-    if hasattr(os, "killpg"):
-        try:
-            os.killpg(0, signal.SIGKILL)
-        except OSError:
-            pass
-    os._exit(0)
-
-
 def main(parent_fn: Callable[[], R] | None = None) -> R | None:
     """Run ``parent_fn`` in the parent; serve the named task in a worker.
 
@@ -190,8 +238,11 @@ def main(parent_fn: Callable[[], R] | None = None) -> R | None:
 
     Spawning a worker re-executes the program with an environment marker; in
     that worker, ``main()`` serves calls and never returns, so ``parent`` runs
-    only in the parent.
+    only in the parent. The module that calls ``main()`` is taken as the
+    program's ``__main__`` (also under ``python -m cProfile script.py``): a
+    ``__main__`` task is re-executed only if that module defines it.
     """
+    _boot.record_program_main(sys._getframe(1).f_globals)
     if _boot.config is not None and not _boot.is_serving():
         serve()
     return parent_fn() if parent_fn is not None else None

@@ -69,6 +69,22 @@ def test_forward_collapses_a_faulthandler_dump_to_one_line(forwarded: list[bytes
     assert p.tail().endswith(DUMP.decode())  # the tail keeps the whole dump
 
 
+def test_the_summary_names_the_crashed_thread_not_the_first_one_dumped(
+    forwarded: list[bytes],
+) -> None:
+    # faulthandler dumps threads in no fixed order: another thread may come first.
+    other = (
+        b"Thread 0x00007f0b2c1ff640 (most recent call first):\n"
+        b'  File "/home/me/app/watch.py", line 9 in poll_forever\n\n'
+    )
+    header, rest = DUMP.split(b"\n\n", 1)
+    pump([header + b"\n\n" + other + rest])
+    assert b"".join(forwarded).decode().splitlines() == [
+        "[worker 4321] Fatal Python error: Segmentation fault at app/thumbs.py:23 in run "
+        "(full stack: WorkerCrashed.stderr)",
+    ]
+
+
 def test_capture_prints_nothing_and_keeps_the_tail(forwarded: list[bytes]) -> None:
     p = pump([b"x" * 100 + b"\n", b"chatter\n", DUMP], mode="capture", tail=len(DUMP) + 8)
     assert forwarded == []
