@@ -38,6 +38,7 @@ from ._errors import (
     describe_exit,
     exit_text,
 )
+from ._forkclient import Launcher
 from ._settings import Settings
 
 __all__ = ["Kill", "Slot", "WorkerSpec"]
@@ -64,11 +65,15 @@ class _RemoteTraceback(Exception):
 class WorkerSpec:
     """How to start a worker of one handle: its command line and its config."""
 
-    __slots__ = ("argv", "config", "settings")
+    __slots__ = ("argv", "config", "launcher", "settings")
 
     def __init__(self, module: str, name: str, settings: Settings) -> None:
         self.settings = settings
         self.argv = _spawn.command_for(module, f"{module}.{name.lstrip('@')}")
+        # Forks workers from a per-handle fork server where safe, else execs them.
+        self.launcher = Launcher(
+            self.argv, settings.start, settings.spawn_timeout, settings.max_message_bytes
+        )
         self.config = WorkerConfig(
             module=module,
             name=name,
@@ -124,7 +129,7 @@ class Slot:
         if self._closing:
             return
         try:
-            popen = _spawn.start(self._spec.config_now(), self._spec.argv)
+            popen = self._spec.launcher.start(self._spec.config_now())
         except SpawnError as exc:
             self._spawn_error = exc
             return

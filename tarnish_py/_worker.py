@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _protocol, _wire
+from . import _boot, _forkserver, _protocol, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -59,6 +59,9 @@ def serve_importable() -> NoReturn:
 def serve() -> NoReturn:
     """Serve the task the marker names until Shutdown or EOF; never returns."""
     config = _boot.start_serving()
+    if _forkserver.is_server():
+        # Returns only in a worker forked from this server, with that worker's config.
+        config = _forkserver.serve_forks(lambda: codec(_resolve(config.module, config.name)))
     try:
         task_cls = _resolve(config.module, config.name)
         task_codec = codec(task_cls)
