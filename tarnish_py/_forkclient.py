@@ -276,6 +276,10 @@ class _Server:
 
     def status(self, pid: int, *, block: bool, deadline: float | None = None) -> int | None:
         """The exit status of forked worker ``pid``, or None while it runs."""
+        if os.getpid() != self._owner:
+            # A forked copy of the parent (multiprocessing's fork...): the server
+            # talks to the parent only. Like waitpid on someone else's child: 0.
+            return 0
         while True:
             with self._lock:
                 if pid in self._exits:
@@ -314,6 +318,8 @@ class _Server:
 
     def reap(self, pid: int) -> None:
         """The status is known: let the server reap the zombie."""
+        if os.getpid() != self._owner:
+            return
         watchdog.unregister(pid)
         self._forked.discard(pid)
         with self._lock:
@@ -349,6 +355,8 @@ class _Server:
         self._pump.join(1.0)
 
     def alive(self) -> bool:
+        if os.getpid() != self._owner:
+            return False
         if not self.dead:
             with self._lock:
                 self._pump_messages(0)
@@ -397,12 +405,15 @@ class Launcher:
         ``env`` (None: inherit) is the worker's whole environment: an exec'd
         worker is started with it, a forked one puts it in place after the fork.
         """
-        if self._fork:
+        if self._fork and os.getpid() == self._owner:
+            # As an exec'd worker would, a forked one gets the parent's environment
+            # as it is now, not as it was when the server started.
+            fork_env = dict(os.environ) if env is None else env
             with self._lock:
                 for _ in range(2):  # a server found dead is replaced once
                     try:
                         return self._live_server(config, env).fork(
-                            config, env, self._spawn_timeout)
+                            config, fork_env, self._spawn_timeout)
                     except _Dead:
                         continue
                     except _Unsafe as exc:
