@@ -1,13 +1,14 @@
-"""Starting a handle's workers: forked from its fork server where safe, else exec'd.
+"""A handle's fork server, seen from the parent, and the workers it forks.
 
 ::
 
-    Slot.spawn -> Launcher.start(config)
-                    start="exec", not Linux, or
-                    the server said UNSAFE (threads)  -> _spawn.start: re-execute (Popen)
-                    else  _Server (started on first use, replaced when it died):
-                          3 pipes made here; FORK + their child ends --> server
-                          <-- FORKED pid      ForkedProcess: the parent's ends, pid
+    Server(argv, config)   Popen: the program re-executed with the marker and
+                           TARNISH_PY_FORKSERVER; stdin = stdout = a SEQPACKET socket
+    .handshake()           <-- Hello (or Fatal / EOF / no reply: SpawnError + stderr tail)
+    .fork(config, env)     3 pipes made here; FORK + their child ends --> server
+                           <-- FORKED pid: a ForkedProcess holding the parent's ends
+    .status(pid)           <-- EXITED pid rc   (read by whichever thread asks; one lock)
+    ForkedProcess.wait()   --> REAP pid        (the zombie kept till then is reaped)
     Conn (unchanged) talks to a ForkedProcess as to a Popen; only liveness and
     the exit status come from the server (EXITED), since the worker is not our child.
 
@@ -25,7 +26,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -38,21 +38,20 @@ from ._errors import SpawnError, describe_exit, exit_text
 from ._forkserver import EXITED, FORK, FORKED, REAP, SERVER_MARKER, UNSAFE
 from ._watchdog import watchdog
 
-__all__ = ["ForkedProcess", "Launcher"]
+__all__ = ["Dead", "ForkedProcess", "Server", "Unsafe"]
 
 log = logging.getLogger("tarnish_py")
 
-_LINUX = sys.platform.startswith("linux")
 _READ_SIZE = 1 << 16
 _CLOSE_GRACE = 1.0  # how long a closed server may take to exit before SIGKILL
 _UNKNOWN_STATUS = 255  # a worker that outlived its (killed) server: its status is lost
 
 
-class _Unsafe(Exception):
+class Unsafe(Exception):
     """The server cannot fork (it runs threads): start workers by exec instead."""
 
 
-class _Dead(Exception):
+class Dead(Exception):
     """The server is gone (or never became ready)."""
 
 
@@ -63,7 +62,7 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
     ``wait`` tells the server to reap the zombie once the status is known.
     """
 
-    def __init__(self, server: _Server, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+    def __init__(self, server: Server, pid: int, stdin: int, stdout: int, stderr: int) -> None:
         # Popen.__init__ is not called: it would start a process.
         self.args = [f"<forked from fork server {server.pid}>"]
         self.pid = pid
@@ -104,7 +103,7 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
         pass
 
 
-class _Server:
+class Server:
     """One running fork server, seen from the parent (any thread; one lock)."""
 
     def __init__(self, argv: list[str], config: WorkerConfig, env: Mapping[str, str] | None,
@@ -197,7 +196,7 @@ class _Server:
     def _reply(self, deadline: float) -> list[Any]:
         while not self._replies:
             if self.dead:
-                raise _Dead
+                raise Dead
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
@@ -211,7 +210,7 @@ class _Server:
         with self._lock:
             try:
                 hello = self._reply(time.monotonic() + spawn_timeout)
-            except (_Dead, TimeoutError) as exc:
+            except (Dead, TimeoutError) as exc:
                 timed_out = isinstance(exc, TimeoutError)
                 self.close(grace=0.0 if timed_out else _CLOSE_GRACE)
                 raise self._spawn_error(timed_out, spawn_timeout) from None
@@ -237,7 +236,7 @@ class _Server:
 
     def fork(self, config: WorkerConfig, env: Mapping[str, str] | None,
              timeout: float) -> ForkedProcess:
-        """A new worker forked from the server. Raises _Unsafe or _Dead."""
+        """A new worker forked from the server. Raises Unsafe or Dead."""
         pipes = [os.pipe() for _ in range(3)]  # the worker's stdin, stdout, stderr
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
         ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
@@ -248,7 +247,7 @@ class _Server:
                     socket.send_fds(self._sock, [request], theirs)
                 except OSError:
                     self._died()
-                    raise _Dead from None
+                    raise Dead from None
                 finally:
                     for fd in theirs:
                         os.close(fd)
@@ -256,7 +255,7 @@ class _Server:
                     reply = self._reply(time.monotonic() + timeout)
                 except TimeoutError:
                     self._died()
-                    raise _Dead from None
+                    raise Dead from None
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -264,7 +263,7 @@ class _Server:
         if reply[0] == UNSAFE:
             for fd in ours:
                 os.close(fd)
-            raise _Unsafe(str(reply[1]))
+            raise Unsafe(str(reply[1]))
         pid = int(reply[1])
         self._forked.add(pid)
         watchdog.register(pid)
@@ -372,85 +371,3 @@ def _proc_state(pid: int) -> tuple[str | None, int | None]:
         return None, None
     code = int(fields[49]) if len(fields) > 49 and fields[0] == "Z" else None
     return fields[0], code
-
-
-class Launcher:
-    """Starts a handle's workers: from its fork server where safe, else by exec."""
-
-    def __init__(self, argv: list[str], start: str, spawn_timeout: float,
-                 max_message_bytes: int) -> None:
-        self._argv = argv
-        self._fork = start == "auto" and _LINUX and hasattr(socket, "send_fds")
-        self._spawn_timeout = spawn_timeout
-        self._limit = max_message_bytes
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._closed = False
-        self._owner = os.getpid()
-
-    @property
-    def forking(self) -> bool:
-        """True while this handle's workers are forked from a server."""
-        return self._fork
-
-    @property
-    def server_pid(self) -> int | None:
-        server = self._server
-        return server.pid if server is not None and not server.dead else None
-
-    def start(self, config: WorkerConfig,
-              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A started worker (its handshake not awaited). Raises SpawnError.
-
-        ``env`` (None: inherit) is the worker's whole environment: an exec'd
-        worker is started with it, a forked one puts it in place after the fork.
-        """
-        if self._fork and os.getpid() == self._owner:
-            # As an exec'd worker would, a forked one gets the parent's environment
-            # as it is now, not as it was when the server started.
-            fork_env = dict(os.environ) if env is None else env
-            with self._lock:
-                for _ in range(2):  # a server found dead is replaced once
-                    try:
-                        return self._live_server(config, env).fork(
-                            config, fork_env, self._spawn_timeout)
-                    except _Dead:
-                        continue
-                    except _Unsafe as exc:
-                        self._fall_back(str(exc))
-                        break
-        return _spawn.start(config, self._argv)
-
-    def _live_server(self, config: WorkerConfig, env: Mapping[str, str] | None) -> _Server:
-        server = self._server
-        if server is not None and server.alive():
-            return server
-        if server is not None:
-            log.warning("the fork server %d of %s.%s died; starting a new one", server.pid,
-                        config.module, config.name.lstrip("@"))
-            self._server = None
-            server.close(grace=0.0)
-        if self._closed:
-            raise SpawnError("the handle is closed")
-        server = _Server(self._argv, config, env, self._limit)
-        server.handshake(self._spawn_timeout)
-        self._server = server
-        return server
-
-    def _fall_back(self, why: str) -> None:
-        self._fork = False
-        log.warning("tarnish_py: workers of this handle are started by exec, not forked: %s",
-                    why)
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-
-    def close(self) -> None:
-        """End the fork server, if any (after the workers were shut down)."""
-        if os.getpid() != self._owner:
-            return  # a forked copy of the parent: neither the server nor the lock is ours
-        with self._lock:
-            self._closed = True
-            server, self._server = self._server, None
-        if server is not None:
-            server.close()

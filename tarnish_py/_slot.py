@@ -38,7 +38,7 @@ from ._errors import (
     describe_exit,
     exit_text,
 )
-from ._forkclient import Launcher
+from ._launcher import Launcher
 from ._settings import Settings
 
 __all__ = ["Kill", "Slot", "WorkerSpec"]
