@@ -10,8 +10,9 @@
                         fds; fd 0 becomes /dev/null and fd 1 a copy of fd 2, so
                         print, C printf and os.write(1, ...) land on stderr;
                         SIGINT ignored, faulthandler on
-    main()/serve()      (``_worker``) start_serving(): the channel fds are closed
-                        in every process the task forks; a daemon thread ends the
+    main()/serve()      (``_worker``) guard_worker(), in the worker itself (never in
+                        a fork server): the channel fds are closed in every
+                        process the task forks; a daemon thread ends the
                         worker's process group when the parent's end of the
                         channel closes (the parent died), even while run() is busy
 
@@ -46,6 +47,7 @@ __all__ = [
     "config",
     "fatal",
     "flush_std",
+    "guard_worker",
     "is_serving",
     "new_token",
     "parent_gone",
@@ -211,10 +213,12 @@ def _not_a_worker(why: str) -> None:
 
 
 def _is_pipe(fd: int) -> bool:
+    """A pipe, or a socket (a fork server's channel to its parent)."""
     try:
-        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+        mode = os.fstat(fd).st_mode
     except OSError:
         return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _parent_of(pid: int) -> int | None:
@@ -244,18 +248,23 @@ def _alive(pid: int) -> bool:
 
 
 def start_serving() -> WorkerConfig:
-    """Mark this worker as serving (``main()`` was reached); its config.
-
-    From here on the task's code runs: the channel must not leak into what it
-    forks, and the worker must end by itself when its parent dies.
-    """
+    """Mark this process as serving (``main()`` was reached); its config."""
     global _serving
     assert config is not None
-    if not _serving and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_forget_channel)
     _serving = True
-    _watch_parent()
     return config
+
+
+def guard_worker(serving: WorkerConfig) -> None:
+    """In the worker that will run the task (exec'd, or forked from a fork server,
+    which must itself stay single-threaded): from here on the task's code runs, so
+    the channel must not leak into what it forks, and the worker must end by
+    itself when its parent dies."""
+    global config
+    config = serving
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_channel)
+    _watch_parent()
 
 
 def _forget_channel() -> None:

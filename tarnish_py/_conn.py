@@ -284,6 +284,9 @@ class Conn:
     def alive(self) -> bool:
         if self.returncode is not None:
             return False
+        if type(self.popen) is not subprocess.Popen:
+            # A worker forked by a fork server (_forkclient) is not our child.
+            return self.popen.poll() is None
         if _HAS_WAITID:
             try:
                 return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None

@@ -328,6 +328,7 @@ class Dispatcher:
             for slot in self.slots:
                 if slot.driver is not None:
                     slot.driver.stop()
+            self.spec.launcher.close()  # the fork server, once its workers are gone
             with self._cond:
                 self._state = _State.CLOSED
                 self._cond.notify_all()

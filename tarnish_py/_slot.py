@@ -46,6 +46,7 @@ from ._errors import (
     exit_text,
     task_error,
 )
+from ._launcher import Launcher
 from ._recycle import Recycler
 from ._settings import Settings
 from ._snapshot import StateKeeper
@@ -75,7 +76,7 @@ class _RemoteTraceback(Exception):
 class WorkerSpec:
     """How to start a worker of one handle: its command line and its config."""
 
-    __slots__ = ("argv", "config", "settings")
+    __slots__ = ("argv", "config", "launcher", "settings")
 
     def __init__(
         self, module: str, name: str, settings: Settings, task: type | None = None
@@ -84,6 +85,15 @@ class WorkerSpec:
         if task is not None:
             _spawn.require_own_main(task, module, name)
         self.argv = _spawn.command_for(module, f"{module}.{name.lstrip('@')}")
+        # Forks workers from a per-handle fork server where safe, else execs them.
+        self.launcher = Launcher(
+            self.argv,
+            settings.start,
+            settings.spawn_timeout,
+            settings.max_message_bytes,
+            settings.stderr,
+            settings.stderr_tail,
+        )
         self.config = WorkerConfig(
             module=module,
             name=name,
@@ -400,7 +410,7 @@ def _new_conn(spec: WorkerSpec) -> Conn:
     """Start a worker process and take it over; SpawnError (nothing left behind) if not."""
     config = spec.config_now()
     settings = spec.settings
-    popen = _spawn.start(config, spec.argv, settings.env)
+    popen = spec.launcher.start(config, settings.env)
     try:
         return Conn(
             popen,

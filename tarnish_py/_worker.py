@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _limits, _protocol, _snapshot, _wire
+from . import _boot, _forkserver, _limits, _protocol, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -70,7 +70,11 @@ def serve_importable() -> NoReturn:
 
 def serve() -> NoReturn:
     """Serve the task the marker names until Shutdown or EOF; never returns."""
-    config = _boot.start_serving()
+    config = _boot.start_serving()  # a fork server stays single-threaded: no guard yet
+    if _forkserver.is_server():
+        # Returns only in a worker forked from this server, with that worker's config.
+        config = _forkserver.serve_forks(lambda: codec(_resolve(config.module, config.name)))
+    _boot.guard_worker(config)
     where = f"{config.module}.{config.name.lstrip('@')}"
     try:
         task_cls = _resolve(config.module, config.name)

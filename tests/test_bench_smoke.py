@@ -75,7 +75,10 @@ def test_tarnish_and_floor_rows_have_figures(report: dict[str, Any]) -> None:
             assert {"min", "max", "q1", "q3", "ratio"} <= set(got[name])
     assert rows(report, "throughput")["tarnish ProcessPool(size=2).map"]["median"] > 0
     assert rows(report, "scaling")["1 worker"]["ratio"] == 1.0
-    assert rows(report, "start")["Process(Echo) spawn-to-ready"]["median"] > 0
+    for mode in ("auto", "exec"):
+        start = rows(report, "start")
+        assert start[f'Process(Echo, start="{mode}") spawn-to-ready']["median"] > 0
+        assert start[f'segfault -> next successful call, start="{mode}"']["median"] > 0
     steps = report["sections"]["latency_pinned"]["extra"]["hotpath_steps_us"]
     assert any(step["step"].startswith("msgpack pack") for step in steps)
 
@@ -102,5 +105,5 @@ def test_peer_rows_present_or_skipped_with_a_note(report: dict[str, Any], peer: 
 
 def test_targets_are_verdicts(report: dict[str, Any]) -> None:
     targets = report["targets"]
-    assert len(targets) == 8
+    assert len(targets) == 10
     assert {t["verdict"] for t in targets} <= {"PASS", "FAIL", "INFO"}

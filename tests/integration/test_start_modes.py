@@ -360,7 +360,9 @@ def attempt(what):
              elapsed=time.monotonic() - started)
 
 def parent():
-    with Process(Flaky) as p:
+    # exec: the replacement imports the module again (a fork server would not);
+    # the handles below start a fork server, whose import fails the same way.
+    with Process(Flaky, start="exec") as p:
         emit(value=p.call(1), imports=imports())
         open("break-imports", "w").close()
         try:

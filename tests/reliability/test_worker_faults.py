@@ -461,13 +461,14 @@ class Busy(Task[str, int]):
 
 
 def parent():
-    a = Process(Busy)
+    # exec'd workers: the parent's children are then its workers and the watchdog
+    a = Process(Busy, start="exec")
     a.submit("sum(range(10**13))")  # holds the GIL in C: nothing in the worker runs
     time.sleep(0.2)
     (watchdog,) = [pid for pid in children() if pid != a.pid]
     os.kill(watchdog, signal.SIGKILL)
     wait_dead(watchdog, 5.0)
-    b = Process(Busy)
+    b = Process(Busy, start="exec")
     emit(pids=[a.pid, b.pid], watchdog=watchdog)
     hang()
 """
