@@ -8,6 +8,8 @@
                        Fatal(message)               the worker cannot serve
     parent -> worker   Call(call_id, value)
                        Shutdown()
+                       Batch(batch_id, flags, values)  a batched map's inputs (``_batch``)
+    worker -> parent   BatchItem / BatchDone / ArenaInfo   its replies (``_batch_worker``)
 
 On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
 (``_wire``). The worker writes one extra 0x00 before Hello so that anything a
@@ -28,6 +30,12 @@ from . import _wire
 from ._errors import ProtocolError
 
 __all__ = [
+    "ARENA",
+    "BATCH",
+    "BATCH_DONE",
+    "BATCH_ITEM",
+    "BATCH_STAMP",
+    "BATCH_USE_ARENA",
     "CALL",
     "ERROR",
     "FATAL",
@@ -35,6 +43,10 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESULT",
     "SHUTDOWN",
+    "ArenaInfo",
+    "Batch",
+    "BatchDone",
+    "BatchItem",
     "Call",
     "Error",
     "Fatal",
@@ -43,6 +55,7 @@ __all__ = [
     "Shutdown",
     "fatal_frame",
     "hello_frame",
+    "parse_batch_reply",
     "parse_reply",
     "parse_request",
     "parse_startup",
@@ -90,7 +103,6 @@ class Shutdown(NamedTuple):
 
 
 Reply = Result | Error
-Request = Call | Shutdown
 
 
 # -- building ----------------------------------------------------------------
@@ -161,4 +173,63 @@ def parse_request(message: list[Any]) -> Request:
         return Call(message[1], message[2])
     if kind == SHUTDOWN:
         return Shutdown()
+    if kind == BATCH and len(message) == 4 and isinstance(message[3], list):
+        return Batch(message[1], message[2], message[3])
     raise ProtocolError(f"unexpected message kind {kind!r} from the parent")
+
+
+# -- batched map (``_batch`` in the parent, ``_batch_worker`` in the worker) ---
+
+BATCH: Final = 6  # parent -> worker: [BATCH, batch_id, flags, [value, ...]]
+BATCH_ITEM: Final = 7  # worker -> parent: [BATCH_ITEM, batch_id, index, reply]
+BATCH_DONE: Final = 8  # worker -> parent: [BATCH_DONE, batch_id, count, seconds]
+ARENA: Final = 9  # worker -> parent: [ARENA, fd, size], once per worker
+
+BATCH_USE_ARENA: Final = 1  # flag: leave results in the shared arena (``_arena``)
+BATCH_STAMP: Final = 2  # flag: stamp each input's start time (a timeout applies)
+
+
+class Batch(NamedTuple):
+    batch_id: int
+    flags: int
+    values: list[Any]
+
+
+class BatchItem(NamedTuple):
+    """One input's reply sent on the pipe (no arena, an error, or a large result)."""
+
+    batch_id: int
+    position: int  # the input's place in the batch
+    reply: Reply
+
+
+class BatchDone(NamedTuple):
+    """The worker ran ``ran`` inputs of the batch (fewer when the parent said stop)."""
+
+    batch_id: int
+    ran: int
+    seconds: float
+
+
+class ArenaInfo(NamedTuple):
+    """The worker's arena: a memfd the parent opens as /proc/<pid>/fd/<fd>."""
+
+    fd: int
+    size: int
+
+
+Request = Call | Shutdown | Batch
+BatchReply = BatchItem | BatchDone | ArenaInfo
+
+
+def parse_batch_reply(message: list[Any]) -> BatchReply:
+    """What a worker sends while it runs a batch."""
+    kind = message[0]
+    if kind == BATCH_DONE and len(message) == 4:
+        return BatchDone(message[1], message[2], message[3])
+    if kind == BATCH_ITEM and len(message) == 4 and isinstance(message[3], list):
+        index = message[2]
+        return BatchItem(message[1], index, parse_reply(message[3], index))
+    if kind == ARENA and len(message) == 3:
+        return ArenaInfo(message[1], message[2])
+    raise ProtocolError(f"unexpected message during a batch: {message!r:.200}")

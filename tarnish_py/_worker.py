@@ -5,6 +5,7 @@
     (``_boot`` has adopted the channel when tarnish_py was imported)
     main() / serve_importable()  the task is found, instantiated, set up
     serve()                      b"\\x00" + Hello, then Call -> run -> Result | Error
+                                 (a Batch of a map: ``_batch_worker.run_batch``)
                                  until Shutdown (close(), exit 0) or EOF (parent gone)
 
 Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
@@ -21,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _protocol, _wire
+from . import _batch_worker, _boot, _protocol, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -95,6 +96,11 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             except Exception as exc:
                 _boot.fatal(str(exc))
             if type(request) is not _protocol.Call:
+                if type(request) is _protocol.Batch:
+                    _batch_worker.run_batch(
+                        request, run, decode_input, encode_output, limit, _error
+                    )
+                    continue
                 _shutdown(instance)
             call_id, value = request
             try:
