@@ -63,6 +63,7 @@ from ._batch_lane import (
     has_waiters,
     slot_discard,
     slot_lost,
+    tag,
     try_acquire,
 )
 from ._conn import BadMessage, Conn, Deadline, Eof
@@ -100,17 +101,6 @@ def batched_map(
     """The results of the task on every input (see ``ProcessPool.map``)."""
     check_chunksize(chunksize)
     return _Map(dispatcher, iter(inputs), ordered, return_exceptions, timeout, chunksize).results()
-
-
-def _tag(error: BaseException, item: Any, pid: int | None) -> BaseException:
-    """Name the input (and worker) on the error, as a call's errors do."""
-    for name, value in (("input", item), ("pid", pid)):
-        if value is not None and getattr(error, name, None) is None:
-            try:
-                setattr(error, name, value)
-            except (AttributeError, TypeError):  # pragma: no cover - a read-only error type
-                pass
-    return error
 
 
 class _Map:
@@ -277,7 +267,7 @@ class _Map:
                 if payloads:
                     self.pending.append(Run(seq + start, items[start:k], payloads))
                 payloads = []
-                self._deliver(seq + k, [Failed(_tag(exc, item, None))])
+                self._deliver(seq + k, [Failed(tag(exc, item, None))])
                 start = k + 1
         if payloads:
             self.pending.append(Run(seq + start, items[start:], payloads))
@@ -294,7 +284,7 @@ class _Map:
             lane.send(run, bid, self.timeout is not None, self.pack, deadline)
         except ValueError as exc:  # more than max_message_bytes
             if len(run.items) == 1:
-                self._deliver(run.seq, [Failed(_tag(exc, run.items[0], None))])
+                self._deliver(run.seq, [Failed(tag(exc, run.items[0], None))])
             else:
                 half = len(run.items) // 2
                 self.pending.appendleft(run.tail(half))
@@ -313,7 +303,7 @@ class _Map:
             self._top_up()
             if self.pending:  # as a call would: the next inputs get the SpawnError
                 run = self.pending.popleft()
-                self._deliver(run.seq, [Failed(_tag(exc, item, None)) for item in run.items])
+                self._deliver(run.seq, [Failed(tag(exc, item, None)) for item in run.items])
 
     # -- waiting and what a worker says ------------------------------------------------
 
@@ -376,7 +366,7 @@ class _Map:
             outcomes = lane.outcomes(sent, count, self.decode)
         except ProtocolError as exc:  # a corrupt arena: the worker is not to be trusted
             error = ProtocolError(f"the worker broke the protocol and was killed: {exc}")
-            outcomes = [Failed(_tag(error, item, None)) for item in sent.run.items[:count]]
+            outcomes = [Failed(tag(error, item, None)) for item in sent.run.items[:count]]
             if lane.sent is not None:
                 self._broken(lane, exc)
             else:
@@ -441,9 +431,9 @@ class _Map:
         try:
             outcomes = lane.outcomes(sent, done, self.decode)
         except ProtocolError as exc:
-            outcomes = [Failed(_tag(exc, item, pid)) for item in sent.run.items[:done]]
+            outcomes = [Failed(tag(exc, item, pid)) for item in sent.run.items[:done]]
         if running:
-            outcomes.append(Failed(_tag(error, sent.run.items[done], pid)))
+            outcomes.append(Failed(tag(error, sent.run.items[done], pid)))
             done += 1
         if done < len(sent.run.items):
             self.pending.appendleft(sent.run.tail(done))

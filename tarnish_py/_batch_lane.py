@@ -32,7 +32,18 @@ from ._dispatch import Dispatcher
 from ._errors import ProtocolError, TaskError
 from ._slot import Slot, _RemoteTraceback
 
-__all__ = ["Failed", "Lane", "Run", "Sent", "has_waiters", "try_acquire"]
+__all__ = ["Failed", "Lane", "Run", "Sent", "has_waiters", "tag", "try_acquire"]
+
+
+def tag(error: BaseException, item: Any, pid: int | None) -> BaseException:
+    """Name the input (and the worker) on the error, as a call's errors do."""
+    for name, value in (("input", item), ("pid", pid)):
+        if value is not None and getattr(error, name, None) is None:
+            try:
+                setattr(error, name, value)
+            except (AttributeError, TypeError):  # pragma: no cover - a read-only error type
+                pass
+    return error
 
 
 class Failed:
@@ -61,10 +72,13 @@ class Run:
 class Sent:
     """The batch a lane's worker is running."""
 
-    __slots__ = ("arena", "bid", "flags", "inline", "last_seen", "run", "sent_at")
+    __slots__ = ("arena", "bid", "flags", "inline", "last_seen", "pid", "run", "sent_at")
 
-    def __init__(self, run: Run, bid: int, flags: int, arena: _arena.Arena | None) -> None:
+    def __init__(
+        self, run: Run, bid: int, flags: int, arena: _arena.Arena | None, pid: int
+    ) -> None:
         self.run = run
+        self.pid = pid
         self.bid = bid
         self.flags = flags
         self.arena = arena if flags & _protocol.BATCH_USE_ARENA else None
@@ -120,7 +134,7 @@ class Lane:
                 f"the input takes {len(packed)} bytes, more than max_message_bytes "
                 f"({self.limit}); raise max_message_bytes or send less"
             )
-        self.sent = Sent(run, bid, flags, arena)
+        self.sent = Sent(run, bid, flags, arena, conn.pid)
         conn.send(_wire.frame_packed(packed), deadline)  # Eof, Deadline: the caller's
 
     def stop(self) -> None:
@@ -198,7 +212,7 @@ class Lane:
                 assert type(reply) is _protocol.Error
                 error = TaskError(reply.type_name, reply.message, reply.traceback)
                 error.__cause__ = _RemoteTraceback(reply.traceback)
-                out.append(Failed(error))
+                out.append(Failed(tag(error, sent.run.items[k], sent.pid)))
         return out
 
     # -- after a crash or a kill ---------------------------------------------------
