@@ -5,8 +5,8 @@
     call(x)   caller's thread takes the next free worker in round-robin order
               (or waits in FIFO order) and talks to it directly
     submit(x) the call joins the same FIFO; the worker's driver thread runs it
-    map(xs)   lazy: keeps about two calls per worker in flight, yields results
-              in input order (or as they finish), pulling inputs as it goes
+    map(xs)   lazy, in batches driven by the consuming thread (``_batch``): yields
+              results in input order (or as they finish), pulling inputs as it goes
 
 A crash fails only the call that crashed; that worker is replaced and the pool
 keeps its size.
@@ -14,10 +14,7 @@ keeps its size.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
-import queue
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, overload
 
@@ -29,8 +26,6 @@ from ._settings import HandleKeywords, Settings
 from ._task import In, Out, Task
 
 __all__ = ["ProcessPool"]
-
-_IN_FLIGHT_PER_WORKER = 2
 
 
 class ProcessPool(_Handle[In, Out]):
@@ -124,80 +119,3 @@ class ProcessPool(_Handle[In, Out]):
             timeout=timeout,
             chunksize=chunksize,
         )
-
-
-def _submit(
-    pool: ProcessPool[Any, Any], item: Any, timeout: float | None, return_exceptions: bool
-) -> cf.Future[Any]:
-    try:
-        return pool.submit(item, timeout=timeout)
-    except Exception as exc:  # invalid input: its ValidationError takes the item's place
-        if not return_exceptions:
-            raise
-        failed: cf.Future[Any] = cf.Future()
-        failed.set_exception(exc)
-        return failed
-
-
-def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
-    if not return_exceptions:
-        return future.result()
-    exc = future.exception()
-    return exc if exc is not None else future.result()
-
-
-def _drop(futures: Iterable[cf.Future[Any]]) -> None:
-    # Plain Future.cancel: drops queued calls, leaves running ones to finish.
-    for future in futures:
-        cf.Future.cancel(future)
-
-
-def _map_ordered(
-    pool: ProcessPool[Any, Any],
-    inputs: Iterator[Any],
-    window: int,
-    return_exceptions: bool,
-    timeout: float | None,
-) -> Iterator[Any]:
-    pending: deque[cf.Future[Any]] = deque()
-    try:
-        for item in inputs:
-            pending.append(_submit(pool, item, timeout, return_exceptions))
-            if len(pending) >= window:
-                yield _outcome(pending.popleft(), return_exceptions)
-        while pending:
-            yield _outcome(pending.popleft(), return_exceptions)
-    finally:
-        _drop(pending)
-
-
-def _map_unordered(
-    pool: ProcessPool[Any, Any],
-    inputs: Iterator[Any],
-    window: int,
-    return_exceptions: bool,
-    timeout: float | None,
-) -> Iterator[Any]:
-    done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
-    running: set[cf.Future[Any]] = set()
-    try:
-        exhausted = False
-        while True:
-            while not exhausted and len(running) < window:
-                item = next(inputs, _END)
-                if item is _END:
-                    exhausted = True
-                    break
-                future = _submit(pool, item, timeout, return_exceptions)
-                running.add(future)
-                future.add_done_callback(done.put)
-            if not running:
-                return
-            finished = done.get()
-            running.discard(finished)
-            yield _outcome(finished, return_exceptions)
-    finally:
-        _drop(running)
-
-
-_END: Any = object()
