@@ -23,7 +23,7 @@ workers, unpinned; see benchmarks/README.md): a Future, a hand-off to a driver
 thread and a condition per input cost the parent ~35-44 µs per input, so the
 old map ran at 0.03x ``ProcessPoolExecutor(2).map(chunksize=100)``. Here the
 parent spends ~0.5 µs per input (chunksize None or 100; PPE(100): ~1.9 µs in
-its threads), and the map runs at ~1.0-1.3x PPE(100).
+its threads), and the map ran at 1.05x and 1.11x PPE(100) in two runs.
 
 Crash attribution without a reply per input: replying per input (one write and
 one wake-up of the parent per input) measured 0.46-0.69x of replying per batch.
