@@ -95,43 +95,12 @@ def hotpath(rep: Report, cfg: Config, p: Process[int, int], floor: PipeFloor,
 
 
 def throughput(rep: Report, cfg: Config, tasks: Tasks) -> dict[str, Stat]:
-    n = cfg.map_calls
-    xs = list(range(n))
-
-    def rate(run: Callable[[], Any]) -> Callable[[], float]:
-        def measure() -> float:
-            t0 = time.perf_counter()
-            out = run()
-            dt = time.perf_counter() - t0
-            assert len(out) == n
-            return n / dt
-
-        return measure
+    """Many tiny calls through two workers, against the peers (``_throughput``)."""
+    import _throughput
 
     with Closer() as closer:
-        pool = ProcessPool(tasks.echo, size=2)
-        closer.add(pool.close)
-        contenders: dict[str, Callable[[], float]] = {
-            "tarnish ProcessPool(size=2).map": rate(lambda: list(pool.map(xs))),
-        }
-        skipped: dict[str, str] = {}
-        for kind, chunk, label in (
-            ("ProcessPoolExecutor", 1, "ProcessPoolExecutor(2).map (chunksize=1, default)"),
-            ("ProcessPoolExecutor", 100, "ProcessPoolExecutor(2).map (chunksize=100)"),
-            ("multiprocessing.Pool", 1, "multiprocessing.Pool(2).imap (chunksize=1)"),
-            ("pebble", 1, "pebble ProcessPool(2).map (chunksize=1)"),
-        ):
-            peer, why = make_peer(kind, 2, chunk)
-            if peer is None:
-                skipped[label] = why or "unavailable"
-                continue
-            closer.add(peer.close)
-            contenders[label] = rate(lambda peer=peer: peer.map(xs))  # type: ignore[misc]
-        samples = interleave(contenders, max(2, cfg.rounds // 2))
-        return rep.table(
-            "throughput", f"2. Throughput: {n:,} tiny calls through 2 workers, unpinned",
-            "calls/s", samples, base="ProcessPoolExecutor(2).map (chunksize=1, default)",
-            ratio_label="× PPE.map", skipped=skipped)
+        return _throughput.throughput(rep, cfg.map_calls, max(2, cfg.rounds // 2), tasks.echo,
+                                      closer)
 
 
 # -- 3. native scaling ------------------------------------------------------------------

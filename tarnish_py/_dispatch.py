@@ -144,6 +144,9 @@ class Dispatcher:
         self._waiters: deque[_Waiter | _Job] = deque()
         self._next = 0  # round-robin position
         self._state = _State.OPEN
+        #: Run first in close(), with the grace in seconds: a batched map (``_batch``)
+        #: suspended between its results lets go of the workers it holds.
+        self.close_hooks: list[Callable[[float], None]] = []
         _live.add(self)
 
     # -- starting ----------------------------------------------------------
@@ -315,6 +318,9 @@ class Dispatcher:
             self._waiters.clear()
         owned: list[Slot] = []
         try:
+            grace = self.settings.shutdown_timeout if timeout is None else timeout
+            for hook in list(self.close_hooks):
+                hook(grace)
             self._fail_queued(queued)
             self._shut_down(timeout, owned)
         except BaseException:

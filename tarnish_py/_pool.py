@@ -5,8 +5,8 @@
     call(x)   caller's thread takes the next free worker in round-robin order
               (or waits in FIFO order) and talks to it directly
     submit(x) the call joins the same FIFO; the worker's driver thread runs it
-    map(xs)   lazy: keeps about two calls per worker in flight, yields results
-              in input order (or as they finish), pulling inputs as it goes
+    map(xs)   lazy, in batches driven by the consuming thread (``_batch``): yields
+              results in input order (or as they finish), pulling inputs as it goes
 
 A crash fails only the call that crashed; that worker is replaced and the pool
 keeps its size.
@@ -14,23 +14,23 @@ keeps its size.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
-import queue
-from collections import deque
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import Any, Literal, overload
 
 from typing_extensions import Unpack
 
 from . import _snapshot
+from ._batch import batched_map, check_chunksize
 from ._handle import _Handle
+from ._percall import per_call_map
 from ._settings import HandleKeywords, Settings
 from ._task import In, Out, Task
 
 __all__ = ["ProcessPool"]
 
-_IN_FLIGHT_PER_WORKER = 2
+_IN_FLIGHT_PER_WORKER = 2  # per-call maps: calls in flight per worker
 
 
 class ProcessPool(_Handle[In, Out]):
@@ -86,6 +86,7 @@ class ProcessPool(_Handle[In, Out]):
         ordered: bool = ...,
         return_exceptions: Literal[False] = ...,
         timeout: float | None = ...,
+        chunksize: int | None = ...,
     ) -> Iterator[Out]: ...
 
     @overload
@@ -96,6 +97,7 @@ class ProcessPool(_Handle[In, Out]):
         ordered: bool = ...,
         return_exceptions: Literal[True],
         timeout: float | None = ...,
+        chunksize: int | None = ...,
     ) -> Iterator[Out | BaseException]: ...
 
     @overload
@@ -115,6 +117,7 @@ class ProcessPool(_Handle[In, Out]):
         ordered: bool = True,
         return_exceptions: bool = False,
         timeout: float | None = None,
+        chunksize: int | None = None,
     ) -> Iterator[Any]:
         """Run the task on every input; a lazy iterator of the results.
 
@@ -126,85 +129,26 @@ class ProcessPool(_Handle[In, Out]):
         ``.input`` (and the worker in ``.pid``), so ``ordered=False`` loses
         nothing; otherwise the first failure is raised and the calls not yet
         started are dropped. ``timeout`` applies to each call, as in :meth:`call`.
+
+        Inputs travel in batches of ``chunksize`` (None: chosen as the map goes,
+        from 1 up to a few ms of work per batch), which batching never lets a
+        user see: a crash fails exactly the input that was running, no input
+        runs twice and no finished result is lost (``_batch``).
         """
-        window = _IN_FLIGHT_PER_WORKER * self.size
-        if ordered:
-            return _map_ordered(self, iter(inputs), window, return_exceptions, timeout)
-        return _map_unordered(self, iter(inputs), window, return_exceptions, timeout)
-
-
-def _submit(
-    pool: ProcessPool[Any, Any], item: Any, timeout: float | None, return_exceptions: bool
-) -> cf.Future[Any]:
-    try:
-        return pool.submit(item, timeout=timeout)
-    except Exception as exc:  # invalid input: its ValidationError takes the item's place
-        if not return_exceptions:
-            raise
-        failed: cf.Future[Any] = cf.Future()
-        failed.set_exception(exc)
-        return failed
-
-
-def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
-    if not return_exceptions:
-        return future.result()
-    exc = future.exception()
-    return exc if exc is not None else future.result()
-
-
-def _drop(futures: Iterable[cf.Future[Any]]) -> None:
-    # Plain Future.cancel: drops queued calls, leaves running ones to finish.
-    for future in futures:
-        cf.Future.cancel(future)
-
-
-def _map_ordered(
-    pool: ProcessPool[Any, Any],
-    inputs: Iterator[Any],
-    window: int,
-    return_exceptions: bool,
-    timeout: float | None,
-) -> Iterator[Any]:
-    pending: deque[cf.Future[Any]] = deque()
-    try:
-        for item in inputs:
-            pending.append(_submit(pool, item, timeout, return_exceptions))
-            if len(pending) >= window:
-                yield _outcome(pending.popleft(), return_exceptions)
-        while pending:
-            yield _outcome(pending.popleft(), return_exceptions)
-    finally:
-        _drop(pending)
-
-
-def _map_unordered(
-    pool: ProcessPool[Any, Any],
-    inputs: Iterator[Any],
-    window: int,
-    return_exceptions: bool,
-    timeout: float | None,
-) -> Iterator[Any]:
-    done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
-    running: set[cf.Future[Any]] = set()
-    try:
-        exhausted = False
-        while True:
-            while not exhausted and len(running) < window:
-                item = next(inputs, _END)
-                if item is _END:
-                    exhausted = True
-                    break
-                future = _submit(pool, item, timeout, return_exceptions)
-                running.add(future)
-                future.add_done_callback(done.put)
-            if not running:
-                return
-            finished = done.get()
-            running.discard(finished)
-            yield _outcome(finished, return_exceptions)
-    finally:
-        _drop(running)
-
-
-_END: Any = object()
+        settings = self._dispatcher.settings
+        per_call = settings.max_calls or settings.max_memory or any(
+            slot.keeper is not None for slot in self._dispatcher.slots
+        )
+        if per_call:  # each input must pass the slot's per-call hooks (``_percall``)
+            check_chunksize(chunksize)
+            submit = partial(self.submit, timeout=timeout)
+            window = _IN_FLIGHT_PER_WORKER * self.size
+            return per_call_map(submit, iter(inputs), window, ordered, return_exceptions)
+        return batched_map(
+            self._dispatcher,
+            inputs,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            timeout=timeout,
+            chunksize=chunksize,
+        )

@@ -11,6 +11,8 @@
                        StateRequest(kind, call_id, value)   SNAPSHOT, RESTORE or CALL_KEEP
                                                             (``_snapshot``); answered by
                                                             Result or Error
+                       Batch(batch_id, flags, values)  a batched map's inputs (``_batch``)
+    worker -> parent   BatchItem / BatchDone / ArenaInfo   its replies (``_batch_worker``)
 
 On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
 (``_wire``). The worker writes one extra 0x00 before Hello so that anything a
@@ -33,6 +35,12 @@ from . import _wire
 from ._errors import ProtocolError
 
 __all__ = [
+    "ARENA",
+    "BATCH",
+    "BATCH_DONE",
+    "BATCH_ITEM",
+    "BATCH_STAMP",
+    "BATCH_USE_ARENA",
     "CALL",
     "CALL_KEEP",
     "ERROR",
@@ -43,6 +51,10 @@ __all__ = [
     "RESULT",
     "SHUTDOWN",
     "SNAPSHOT",
+    "ArenaInfo",
+    "Batch",
+    "BatchDone",
+    "BatchItem",
     "Call",
     "Error",
     "Fatal",
@@ -52,6 +64,7 @@ __all__ = [
     "StateRequest",
     "fatal_frame",
     "hello_frame",
+    "parse_batch_reply",
     "parse_reply",
     "parse_request",
     "parse_startup",
@@ -110,7 +123,6 @@ class StateRequest(NamedTuple):
 
 
 Reply = Result | Error
-Request = Call | Shutdown | StateRequest
 
 
 # -- building ----------------------------------------------------------------
@@ -223,4 +235,63 @@ def parse_request(message: list[Any]) -> Request:
         return Shutdown()
     if kind in _STATE_KINDS and len(message) == 3:
         return StateRequest(kind, message[1], message[2])
+    if kind == BATCH and len(message) == 4 and isinstance(message[3], list):
+        return Batch(message[1], message[2], message[3])
     raise ProtocolError(f"unexpected message kind {kind!r} from the parent")
+
+
+# -- batched map (``_batch`` in the parent, ``_batch_worker`` in the worker) ---
+
+BATCH: Final = 9  # parent -> worker: [BATCH, batch_id, flags, [value, ...]]
+BATCH_ITEM: Final = 10  # worker -> parent: [BATCH_ITEM, batch_id, index, reply]
+BATCH_DONE: Final = 11  # worker -> parent: [BATCH_DONE, batch_id, count, seconds]
+ARENA: Final = 12  # worker -> parent: [ARENA, fd, size], once per worker
+
+BATCH_USE_ARENA: Final = 1  # flag: leave results in the shared arena (``_arena``)
+BATCH_STAMP: Final = 2  # flag: stamp each input's start time (a timeout applies)
+
+
+class Batch(NamedTuple):
+    batch_id: int
+    flags: int
+    values: list[Any]
+
+
+class BatchItem(NamedTuple):
+    """One input's reply sent on the pipe (no arena, an error, or a large result)."""
+
+    batch_id: int
+    position: int  # the input's place in the batch
+    reply: Reply
+
+
+class BatchDone(NamedTuple):
+    """The worker ran ``ran`` inputs of the batch (fewer when the parent said stop)."""
+
+    batch_id: int
+    ran: int
+    seconds: float
+
+
+class ArenaInfo(NamedTuple):
+    """The worker's arena: a memfd the parent opens as /proc/<pid>/fd/<fd>."""
+
+    fd: int
+    size: int
+
+
+Request = Call | Shutdown | StateRequest | Batch
+BatchReply = BatchItem | BatchDone | ArenaInfo
+
+
+def parse_batch_reply(message: list[Any]) -> BatchReply:
+    """What a worker sends while it runs a batch."""
+    kind = message[0]
+    if kind == BATCH_DONE and len(message) == 4:
+        return BatchDone(message[1], message[2], message[3])
+    if kind == BATCH_ITEM and len(message) == 4 and isinstance(message[3], list):
+        index = message[2]
+        return BatchItem(message[1], index, parse_reply(message[3], index))
+    if kind == ARENA and len(message) == 3:
+        return ArenaInfo(message[1], message[2])
+    raise ProtocolError(f"unexpected message during a batch: {message!r:.200}")

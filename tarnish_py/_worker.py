@@ -8,7 +8,8 @@
                                  Fatal naming the step, exit
     serve()                      b"\\x00" + Hello, then Call -> run -> Result | Error
                                  (anything run() raises, BaseException included, is
-                                 an Error, cut to fit max_message_bytes) until
+                                 an Error, cut to fit max_message_bytes; a Batch of a
+                                 map: ``_batch_worker.run_batch``) until
                                  Shutdown (close(), exit 0) or EOF (parent gone)
 
 Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
@@ -25,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _boot, _forkserver, _limits, _protocol, _snapshot, _wire
+from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -159,6 +160,11 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             except Exception as exc:
                 _boot.fatal(str(exc))
             if type(request) is not _protocol.Call:
+                if type(request) is _protocol.Batch:
+                    _batch_worker.run_batch(
+                        request, run, decode_input, encode_output, limit, _error
+                    )
+                    continue
                 if type(request) is not _protocol.StateRequest:
                     _shutdown(instance)
                 # Snapshot, restore, or a call that also returns the state (SPEC §7).

@@ -73,7 +73,10 @@ def test_tarnish_and_floor_rows_have_figures(report: dict[str, Any]) -> None:
                      "ProcessPoolExecutor(1).submit().result()"):
             assert got[name]["median"] > 0
             assert {"min", "max", "q1", "q3", "ratio"} <= set(got[name])
-    assert rows(report, "throughput")["tarnish ProcessPool(size=2).map"]["median"] > 0
+    for chunk in (None, 1, 100):
+        name = f"tarnish ProcessPool(2).map (chunksize={chunk})"
+        assert rows(report, "throughput")[name]["median"] > 0
+    assert rows(report, "throughput_cpu")[name + ": consuming thread"]["median"] > 0
     assert rows(report, "scaling")["1 worker"]["ratio"] == 1.0
     for mode in ("auto", "exec"):
         start = rows(report, "start")
