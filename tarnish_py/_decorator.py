@@ -15,6 +15,7 @@ function's module, and either way the decorator registers the label again there.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import inspect
 import threading
@@ -124,9 +125,13 @@ class IsolatedFunction(Generic[P, R]):
         return self._worker(arguments).submit(arguments)
 
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call for asyncio: awaits without blocking the event loop."""
+        """Call for asyncio: awaits without blocking the event loop (a worker that
+        must start first starts on another thread)."""
         arguments = self._arguments(args, kwargs)
-        return await self._worker(arguments).acall(arguments)  # type: ignore[no-any-return]
+        process = self._process
+        if process is None or process.closed:
+            process = await asyncio.to_thread(self._worker, arguments)
+        return await process.acall(arguments)  # type: ignore[no-any-return]
 
     def map(
         self,

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, overload
 
+from ._future import CallFuture
 from ._handle import _Handle
 from ._settings import DEFAULTS, Settings
 from ._task import In, Out, Task
@@ -117,17 +118,19 @@ class ProcessPool(_Handle[In, Out]):
         return _map_unordered(self, iter(inputs), window, return_exceptions, timeout)
 
 
-def _submit(
-    pool: ProcessPool[Any, Any], item: Any, timeout: float | None, return_exceptions: bool
-) -> cf.Future[Any]:
+def _submit(pool: ProcessPool[Any, Any], item: Any, timeout: float | None) -> cf.Future[Any]:
+    """The item's call; for an invalid input (or a closed pool), a done Future holding
+    the error, which takes the item's place: the items before it come first."""
     try:
         return pool.submit(item, timeout=timeout)
-    except Exception as exc:  # invalid input: its ValidationError takes the item's place
-        if not return_exceptions:
-            raise
+    except Exception as exc:
         failed: cf.Future[Any] = cf.Future()
         failed.set_exception(exc)
         return failed
+
+
+def _failed_at_once(future: cf.Future[Any]) -> bool:
+    return type(future) is cf.Future  # a CallFuture is a call; a plain Future an error
 
 
 def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
@@ -138,9 +141,17 @@ def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
 
 
 def _drop(futures: Iterable[cf.Future[Any]]) -> None:
-    # Plain Future.cancel: drops queued calls, leaves running ones to finish.
+    # Drops queued calls, leaves running ones to finish.
     for future in futures:
-        cf.Future.cancel(future)
+        if isinstance(future, CallFuture):
+            future.cancel_queued()
+
+
+def _when_done(future: cf.Future[Any], done: queue.SimpleQueue[cf.Future[Any]]) -> None:
+    if isinstance(future, CallFuture):
+        future.add_hook(done.put)  # on the driver: no hop to the callback thread
+    else:
+        future.add_done_callback(done.put)
 
 
 def _map_ordered(
@@ -153,7 +164,10 @@ def _map_ordered(
     pending: deque[cf.Future[Any]] = deque()
     try:
         for item in inputs:
-            pending.append(_submit(pool, item, timeout, return_exceptions))
+            future = _submit(pool, item, timeout)
+            pending.append(future)
+            if not return_exceptions and _failed_at_once(future):
+                break  # raised in its turn; no input after it is pulled
             if len(pending) >= window:
                 yield _outcome(pending.popleft(), return_exceptions)
         while pending:
@@ -179,9 +193,11 @@ def _map_unordered(
                 if item is _END:
                     exhausted = True
                     break
-                future = _submit(pool, item, timeout, return_exceptions)
+                future = _submit(pool, item, timeout)
                 running.add(future)
-                future.add_done_callback(done.put)
+                _when_done(future, done)
+                if not return_exceptions and _failed_at_once(future):
+                    exhausted = True  # raised when it comes out; no input after it
             if not running:
                 return
             finished = done.get()

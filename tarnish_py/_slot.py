@@ -93,9 +93,7 @@ class Slot:
 
     def __init__(self, index: int, spec: WorkerSpec) -> None:
         self.index = index
-        self.busy = False
         self.kill_reason: Kill | None = None
-        self.driver: Any = None  # the _dispatch driver thread that runs its submitted calls
         # The submitted call running here, so that cancelling one call never
         # kills the next: a cancel acts only while its own call is in flight.
         self.job_lock = threading.Lock()
@@ -221,12 +219,16 @@ class Slot:
         if not self._closing and self.kill_reason is not Kill.CLOSE:
             self.spawn()
 
-    def restart(self) -> None:
+    def restart(self, grace: float = 0.0) -> None:
+        """Replace the worker: ask it to exit (its task's close() runs), wait up to
+        ``grace`` seconds, kill it, then start a fresh one."""
         conn = self._conn
         if conn is not None:
-            conn.kill()
-            conn.finish()
+            self._ask_to_exit(conn)
+            conn.finish(grace)
             self._conn = None
+        if self.kill_reason is Kill.CLOSE:
+            raise ClosedError("the handle was closed while its worker restarted")
         self._spawn_error = None
         self.ready()
 
@@ -263,8 +265,11 @@ class Slot:
         """Ask the (idle) worker to exit; the holder calls this."""
         self._closing = True
         conn = self._conn
-        if conn is None:
-            return
+        if conn is not None:
+            self._ask_to_exit(conn)
+
+    @staticmethod
+    def _ask_to_exit(conn: Conn) -> None:
         if conn.ready:
             try:
                 conn.send(_protocol.shutdown_frame(), time.monotonic() + 1.0)
@@ -277,6 +282,14 @@ class Slot:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(max(0.0, deadline - time.monotonic()))
+
+    def disown(self) -> None:
+        """In a forked child: forget the parent's worker without touching it."""
+        conn, self._conn = self._conn, None
+        self._closing = True
+        self.job_lock = threading.Lock()  # another thread may have held it at the fork
+        if conn is not None:
+            conn.disown()
 
 
 def _spawn_error(exc: Exception, conn: Conn, spawn_timeout: float) -> SpawnError:
