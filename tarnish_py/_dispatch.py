@@ -7,8 +7,9 @@
                the token gives the slot back (to the next in line) -> decode_output
     submit(x)  Codec.encode_input(x) -> a _Job in the same FIFO -> the slot's driver
                thread runs it -> CallFuture (callbacks: see ``_future``)
-    close()    refuse new calls, fail queued ones, let running ones finish until
-               the grace ends, then kill; never waits for a slot its own thread holds
+    close()    refuse new calls; a closer thread (every caller joins it) fails the
+               queued calls, lets running ones finish until the grace ends, then
+               kills; it never waits for a slot held by a thread that is in close()
 
 A caller's thread talks to the worker itself, so a synchronous call costs no
 thread hop. Who holds each slot is written in one table, ``_holders`` (a token,
@@ -23,9 +24,14 @@ checks for signals: at a call, a return, a loop's back edge. So:
   ``__enter__``): an interrupt lands before it or after it, never inside;
 - what a caller holds or waits for is recorded on its token, not in a local
   variable an interrupt could lose, and giving the token back is idempotent and
-  retried once if a second Ctrl-C lands in it (``_lifecycle.TRIES``);
+  retried once if a second Ctrl-C lands in it (the retry wraps the call: a
+  call's entry is itself a place where an interrupt can land);
 - a driver thread is started with its dispatcher, so handing it a job is one
-  ``SimpleQueue.put``.
+  ``SimpleQueue.put``;
+- close() runs on its own thread: an interrupt only tells it to hurry.
+
+User code never runs on a driver (see ``_future``), so no callback can wait
+for the slot its own thread holds.
 """
 
 from __future__ import annotations
@@ -369,7 +375,9 @@ class Dispatcher:
     def closed(self) -> bool:
         return self._state is not _State.OPEN
 
-    def close(self, timeout: float | None = None, *, hurry: bool = False) -> None:
+    def close(
+        self, timeout: float | None = None, *, hurry: bool = False, wait: bool = True
+    ) -> None:
         """Refuse new calls, let running ones finish until the deadline, then kill.
 
         The work is done by a closer thread that every caller joins, so a Ctrl-C
@@ -377,7 +385,7 @@ class Dispatcher:
         ``hurry`` (Ctrl-C is ending the program): running calls are killed at
         once, idle workers get a short grace. A slot held by a thread that is
         itself in close() (a signal handler interrupted its call) is killed, never
-        waited for.
+        waited for. ``wait=False`` only starts the closing.
         """
         me = _get_ident()
         new = threading.Thread(target=self._close, name="tarnish_py-close", daemon=False)
@@ -401,7 +409,8 @@ class Dispatcher:
                         closer.start()
                     except RuntimeError:  # the interpreter is ending: close on this thread
                         self._close()
-            closer.join()
+            if wait:
+                closer.join()
         except BaseException:
             self._hurry = True  # Ctrl-C while closing: the closer kills what still runs
             raise

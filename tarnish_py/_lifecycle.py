@@ -14,7 +14,8 @@ on whatever thread happens to allocate, maybe a driver thread holding a worker,
 maybe a thread inside the dispatcher's lock. Closing there would wait for
 itself. ``close_later`` only puts the dispatcher on a queue (safe in a
 finalizer) and starts a ``_thread`` thread, which takes none of
-``threading``'s Python-level locks (a collection can run while one is held).
+``threading``'s Python-level locks (a collection can run while one is held)
+and only starts the dispatcher's closer thread.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class Closable(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def close(self, timeout: float | None = None, *, hurry: bool = False) -> None: ...
+    def close(
+        self, timeout: float | None = None, *, hurry: bool = False, wait: bool = True
+    ) -> None: ...
 
     def forget_after_fork(self) -> None: ...
 
@@ -78,7 +81,9 @@ def _close_queued() -> None:
         except queue.Empty:
             return
         try:
-            dispatcher.close()
+            # Only start it: waiting here (Thread.join) would register this
+            # low-level thread with threading for good.
+            dispatcher.close(wait=False)
         except BaseException:  # pragma: no cover - nothing to report to, nobody waiting
             pass
         del dispatcher
