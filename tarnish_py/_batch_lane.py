@@ -327,10 +327,7 @@ def slot_discard(slot: Slot, conn: Conn) -> None:
 
 def try_acquire(dispatcher: Dispatcher) -> Slot | None:
     """A free slot now, or None: never waits, never jumps the FIFO of waiting callers."""
-    with dispatcher._cond:
-        if dispatcher.closed or dispatcher._waiters:
-            return None
-        return dispatcher._take_free()
+    return dispatcher.try_acquire()
 
 
 def has_waiters(dispatcher: Dispatcher) -> bool:

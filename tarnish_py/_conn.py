@@ -342,6 +342,20 @@ class Conn:
     def stderr_tail(self) -> str:
         return self._pump.tail()
 
+    def disown(self) -> None:
+        """In a forked child: close this process's copies of the pipes; never signal,
+        message or reap the worker (it is the parent's)."""
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.popen.returncode = self.returncode = 0  # nothing here will ever wait for it
+
 
 def _poll_ms(deadline: float | None, check_exit: bool = False) -> int | None:
     """poll()'s timeout until ``deadline``; at most _EXIT_CHECK with ``check_exit``."""

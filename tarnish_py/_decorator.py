@@ -17,6 +17,7 @@ unpickles as the function registered under that label once its module is importe
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import importlib
 import inspect
@@ -130,9 +131,13 @@ class IsolatedFunction(Generic[P, R]):
         return self._worker(arguments).submit(arguments)
 
     async def acall(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call for asyncio: awaits without blocking the event loop."""
+        """Call for asyncio: awaits without blocking the event loop (a worker that
+        must start first starts on another thread)."""
         arguments = self._arguments(args, kwargs)
-        return await self._worker(arguments).acall(arguments)  # type: ignore[no-any-return]
+        pool = self._pool
+        if pool is None or pool.closed:
+            pool = await asyncio.to_thread(self._worker, arguments)
+        return await pool.acall(arguments)  # type: ignore[no-any-return]
 
     @overload
     def map(

@@ -2,36 +2,63 @@
 
 ::
 
-    call(x)    Codec.encode_input(x) -> acquire a free slot (round-robin; else wait,
-               FIFO) -> Slot.call in the caller's own thread -> release ->
-               Codec.decode_output
+    call(x)    Codec.encode_input(x) -> a _Waiter token takes a free slot (round-robin;
+               else it waits in the FIFO) -> Slot.call in the caller's own thread ->
+               the token gives the slot back (to the next in line) -> decode_output
     submit(x)  Codec.encode_input(x) -> a _Job in the same FIFO -> the slot's driver
-               thread runs it -> Future
-    close()    refuse new calls, fail queued ones, let running ones finish until
-               shutdown_timeout, then kill; every handle is closed at exit
+               thread runs it -> CallFuture (callbacks: see ``_future``)
+    close()    refuse new calls; a closer thread (every caller joins it) fails the
+               queued calls, lets running ones finish until the grace ends, then
+               kills; it never waits for a slot held by a thread that is in close()
 
 A caller's thread talks to the worker itself, so a synchronous call costs no
-thread hop. A slot is held by exactly one thread at a time; other threads only
-ever *kill* a slot's worker (close, cancel), never read, write or reap it.
+thread hop. Who holds each slot is written in one table, ``_holders`` (a token,
+a job, or the closer); other threads only ever *kill* a slot's worker (close,
+cancel), never read, write or reap it.
+
+Ctrl-C can raise KeyboardInterrupt in the main thread wherever the interpreter
+checks for signals: at a call, a return, a loop's back edge. So:
+
+- every change of the tables is a straight run of stores ending in at most one
+  C call, under a C-level lock (``with lock:``; never a Condition's Python-level
+  ``__enter__``): an interrupt lands before it or after it, never inside;
+- what a caller holds or waits for is recorded on its token, not in a local
+  variable an interrupt could lose, and giving the token back is idempotent and
+  retried once if a second Ctrl-C lands in it (the retry wraps the call: a
+  call's entry is itself a place where an interrupt can land);
+- a driver thread is started with its dispatcher, so handing it a job is one
+  ``SimpleQueue.put``;
+- close() runs on its own thread: an interrupt only tells it to hurry.
+
+User code never runs on a driver (see ``_future``), so no callback can wait
+for the slot its own thread holds.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import enum
+import queue
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
+from . import _lifecycle
 from ._errors import ClosedError, TarnishError, for_call
+from ._future import CallbackRunner, CallFuture
 from ._settings import check_call_timeout
 from ._slot import Kill, Slot, WorkerSpec
 from ._task import Codec
 
-__all__ = ["CallFuture", "Dispatcher", "install_exit_hook"]
+__all__ = ["CallFuture", "Dispatcher"]
+
+T = TypeVar("T")
+
+_REAP_GRACE = 3.0  # after a kill, how long the holder of a slot may take to let go
+_HURRIED_GRACE = 0.25  # idle workers' grace when Ctrl-C is ending the program
+_get_ident = threading.get_ident
 
 
 class _State(enum.Enum):
@@ -40,40 +67,27 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class CallFuture(cf.Future):  # type: ignore[type-arg]
-    """A Future whose ``cancel()`` also works while the call runs: it kills the worker."""
+class _Waiter:
+    """A synchronous caller's claim on a slot: granted (``slot``), or waiting (``lock``)."""
 
-    _on_cancel_running: Callable[[], None] | None = None
+    __slots__ = ("ident", "lock", "slot")
 
-    def cancel(self) -> bool:
-        with self._condition:
-            if self._state != "RUNNING":
-                return super().cancel()
-            kill = self._on_cancel_running
-            self._state = "CANCELLED_AND_NOTIFIED"
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        if kill is not None:
-            kill()  # before the callbacks, which may take their time
-        self._invoke_callbacks()  # type: ignore[attr-defined]
-        return True
+    def __init__(self) -> None:
+        self.slot: Slot | None = None
+        self.lock: Any = None  # a held _thread lock; released to wake the caller
+        self.ident = _get_ident()
 
-
-def _settle(future: CallFuture, result: Any = None, error: BaseException | None = None) -> None:
-    if future.cancelled():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except cf.InvalidStateError:
-        pass  # cancelled meanwhile: the outcome goes nowhere
+    def wake(self) -> None:
+        try:
+            self.lock.release()
+        except RuntimeError:  # woken already (a retried hand-over)
+            pass
 
 
 class _Job:
-    __slots__ = ("future", "input", "payload", "timeout")
+    """A submitted call; ``given`` once it is on its driver's queue."""
+
+    __slots__ = ("future", "given", "input", "payload", "timeout")
 
     def __init__(
         self, future: CallFuture, input: Any, payload: Any, timeout: float | None
@@ -82,54 +96,30 @@ class _Job:
         self.input = input  # validated: errors carry it
         self.payload = payload
         self.timeout = timeout
+        self.given = False
 
 
-class _Waiter:
-    """A synchronous caller waiting for a slot."""
-
-    __slots__ = ("event", "slot")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.slot: Slot | None = None
+_CLOSER = object()  # the holder of a slot that close() has taken
 
 
-class _Driver(threading.Thread):
-    """Runs the submitted calls assigned to one slot."""
+class _Driver:
+    """The thread that runs the submitted calls assigned to one slot."""
 
     def __init__(self, dispatcher: Dispatcher, slot: Slot) -> None:
-        super().__init__(name=f"tarnish_py-driver-{slot.index}", daemon=True)
-        self._dispatcher = dispatcher
-        self._slot = slot
-        self._cond = threading.Condition(threading.Lock())
-        self._job: _Job | None = None
-        self._stopping = False  # not _stop: that would hide Thread._stop
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._run, args=(dispatcher, slot), name=f"tarnish_py-driver-{slot.index}",
+            daemon=True,
+        )
 
-    def give(self, job: _Job) -> None:
-        with self._cond:
-            self._job = job
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-
-    def run(self) -> None:
+    def _run(self, dispatcher: Dispatcher, slot: Slot) -> None:
+        jobs = self.jobs
         while True:
-            with self._cond:
-                while self._job is None and not self._stopping:
-                    self._cond.wait()
-                if self._job is None:
-                    return
-                job, self._job = self._job, None
-            next_job: _Job | None = job
-            while next_job is not None:
-                settle = self._dispatcher.run_job(self._slot, next_job)
-                # Free the slot before the Future's callbacks run: one of them may
-                # well close the handle, or make another call.
-                next_job = self._dispatcher.release(self._slot, driver=self)
-                settle()
+            job = jobs.get()
+            if job is None:
+                return
+            dispatcher.serve(slot, job)
+            job = None  # an idle driver keeps nothing of a finished call
 
 
 class Dispatcher:
@@ -140,108 +130,204 @@ class Dispatcher:
         self.settings = spec.settings
         self.slots = [Slot(i, spec) for i in range(size)]
         self._codec = codec
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiters: deque[_Waiter | _Job] = deque()
+        self._holders: list[object | None] = [None] * size
+        self._left: set[int] = set()  # slots close() left to their holder to reap
         self._next = 0  # round-robin position
         self._state = _State.OPEN
+        # Closing: the closer thread, the threads waiting for it, what it works on.
+        self._closer: threading.Thread | None = None
+        self._closer_lock = threading.Lock()
+        self._closer_ran = False
+        self._joiners: set[int] = set()
+        self._hurry = False
+        self._grace = self.settings.shutdown_timeout
+        self._queued_at_close: list[_Waiter | _Job] = []
+        self._runner = CallbackRunner(f"tarnish_py-callbacks-{spec.config.name}")
+        self._drivers = [_Driver(self, slot) for slot in self.slots]
         #: Run first in close(), with the grace in seconds: a batched map (``_batch``)
         #: suspended between its results lets go of the workers it holds.
         self.close_hooks: list[Callable[[float], None]] = []
-        _live.add(self)
+        _lifecycle.register(self)
 
     # -- starting ----------------------------------------------------------
 
     def start(self) -> None:
         """Start every worker at once, then wait for each handshake."""
-        for slot in self.slots:
-            slot.spawn()
         try:
+            for driver in self._drivers:
+                driver.thread.start()
+            for slot in self.slots:
+                slot.spawn()
             for slot in self.slots:
                 slot.ready()
         except BaseException:
             self.close(0.5)
             raise
 
-    # -- dispatch ----------------------------------------------------------
+    # -- taking and giving back a slot -------------------------------------
 
-    def _take_free(self) -> Slot | None:
-        slots = self.slots
-        n = len(slots)
+    def _free_index(self) -> int:
+        holders = self._holders
+        n = len(holders)
         for k in range(n):
-            slot = slots[(self._next + k) % n]
-            if not slot.busy:
-                slot.busy = True
-                slot.kill_reason = None
-                self._next = (slot.index + 1) % n
-                return slot
-        return None
+            i = (self._next + k) % n
+            if holders[i] is None:
+                return i
+        return -1
 
-    def acquire(self) -> Slot:
-        with self._cond:
+    def _acquire(self, token: _Waiter) -> Slot:
+        """A slot for ``token``'s caller; the caller must give the token back."""
+        with self._lock:
             if self._state is not _State.OPEN:
                 raise ClosedError("the handle is closed")
-            if not self._waiters:
-                slot = self._take_free()
-                if slot is not None:
-                    return slot
-            waiter = _Waiter()
-            self._waiters.append(waiter)
-        try:
-            waiter.event.wait()
-        except BaseException:
-            with self._cond:
-                if waiter.slot is None:
-                    self._waiters.remove(waiter)
-                    waiter.slot = None
-            if waiter.slot is not None:
-                self.release(waiter.slot)
-            raise
-        if waiter.slot is None:
+            i = -1 if self._waiters else self._free_index()
+            if i >= 0:
+                slot = self.slots[i]
+                slot.kill_reason = None
+                token.slot = slot
+                self._holders[i] = token
+                self._next = (i + 1) % len(self.slots)
+                return slot
+            lock = threading.Lock()
+            lock.acquire()
+            token.lock = lock
+            self._waiters.append(token)
+        token.lock.acquire()  # released by whoever hands us a slot, or by close()
+        granted = token.slot
+        if granted is None:
             raise ClosedError("the handle was closed before the call started")
-        return waiter.slot
+        return granted
 
-    def release(self, slot: Slot, driver: _Driver | None = None) -> _Job | None:
-        """Give the slot to the first waiter, or mark it free.
-
-        Returns a job for ``driver`` to run next when the slot passes to a
-        submitted call and the caller is that slot's own driver.
-        """
-        with self._cond:
-            while self._waiters and self._state is _State.OPEN:
-                waiter = self._waiters.popleft()
-                if isinstance(waiter, _Waiter):
-                    slot.kill_reason = None
-                    waiter.slot = slot
-                    waiter.event.set()
-                    return None
-                if not self._start_job(slot, waiter):
-                    continue
-                if driver is not None and driver is slot.driver:
-                    return waiter
-                self._driver(slot).give(waiter)
+    def try_acquire(self) -> Slot | None:
+        """A free slot now, or None: never waits, never jumps the FIFO of waiting
+        callers (a batched map borrows workers so). Give it back with ``release``."""
+        token = _Waiter()
+        with self._lock:
+            if self._state is not _State.OPEN or self._waiters:
                 return None
-            slot.busy = False
-            if self._state is not _State.OPEN:
-                self._cond.notify_all()  # close() is waiting for the slot
-        return None
+            i = self._free_index()
+            if i < 0:
+                return None
+            slot = self.slots[i]
+            slot.kill_reason = None
+            token.slot = slot
+            self._holders[i] = token
+            self._next = (i + 1) % len(self.slots)
+            return slot
 
-    def _start_job(self, slot: Slot, job: _Job) -> bool:
+    def give_back(self, token: _Waiter) -> None:
+        """Give back whatever ``token`` holds or waits for; safe to repeat."""
+        slot = token.slot
+        if slot is None:
+            with self._lock:
+                slot = token.slot
+                if slot is None:
+                    try:
+                        self._waiters.remove(token)
+                    except ValueError:
+                        pass
+                    return
+        self._pass_on(slot, token)
+
+    def acquire(self, token: _Waiter | None = None) -> Slot:
+        """Take a slot (waiting for one); give it back with ``release`` or ``give_back``."""
+        if token is None:
+            token = _Waiter()
+        try:
+            return self._acquire(token)
+        except BaseException:
+            self._give_back_interrupted(token)
+            raise
+
+    def release(self, slot: Slot) -> None:
+        self._pass_on(slot, self._holders[slot.index])
+
+    def hold(self, fn: Callable[[Slot], T]) -> T:
+        """Run ``fn(slot)`` holding a slot (waiting for one)."""
+        token = _Waiter()
+        try:
+            result = fn(self._acquire(token))
+        except BaseException:
+            self._give_back_interrupted(token)
+            raise
+        try:
+            self.give_back(token)
+        except BaseException:  # a Ctrl-C landed in it: finish, then let it through
+            self.give_back(token)
+            raise
+        return result
+
+    def _give_back_interrupted(self, token: _Waiter) -> None:
+        """``give_back`` while an exception is on its way up. The interpreter may
+        raise a second Ctrl-C at the very entry of a call, so the retry wraps the
+        call; that second one is absorbed (one traceback is enough)."""
+        try:
+            self.give_back(token)
+        except BaseException:
+            self.give_back(token)
+
+    def _pass_on(self, slot: Slot, holder: object) -> _Job | None:
+        """Hand the slot ``holder`` holds to the first in line, or mark it free.
+
+        Idempotent: run again after an interrupt, it only finishes waking whoever
+        holds the slot now. Returns the next job when ``holder`` is a job (its
+        driver runs the next one itself).
+        """
+        i = slot.index
+        job: _Job | None = None
+        reap = False
+        with self._lock:
+            if self._holders[i] is holder:
+                if self._waiters and self._state is _State.OPEN:
+                    self._grant_next(slot)
+                else:
+                    self._holders[i] = None
+                    if self._state is not _State.OPEN:
+                        reap = i in self._left
+                        self._cond.notify_all()  # close() may wait for this slot
+            current = self._holders[i]
+            if type(current) is _Job and not current.given:
+                current.given = True
+                if type(holder) is _Job:
+                    job = current
+                else:
+                    self._drivers[i].jobs.put(current)
+        if type(current) is _Waiter and current is not holder:
+            current.wake()
+        elif reap:  # close() did not wait for this slot: its holder shuts it down
+            slot.begin_shutdown()
+            slot.end_shutdown(time.monotonic())
+        return job
+
+    def _grant_next(self, slot: Slot) -> None:
+        """Under the lock: the slot goes to the first waiter or live job, else it is free."""
+        i = slot.index
+        waiters = self._waiters
+        while waiters:
+            first = waiters[0]
+            if type(first) is _Waiter:
+                slot.kill_reason = None
+                first.slot = slot
+                self._holders[i] = first
+                waiters.popleft()
+                return
+            assert isinstance(first, _Job)
+            if first.future.claim():  # idempotent: a retry finds it RUNNING
+                self._start_job(slot, first)
+                self._holders[i] = first
+                waiters.popleft()
+                return
+            waiters.popleft()  # cancelled while queued
+        self._holders[i] = None
+
+    def _start_job(self, slot: Slot, job: _Job) -> None:
         slot.kill_reason = None
         with slot.job_lock:
             slot.current_job = job
-        job.future._on_cancel_running = lambda: slot.cancel_job(job)
-        if job.future.set_running_or_notify_cancel():
-            return True
-        with slot.job_lock:
-            slot.current_job = None
-        return False
-
-    def _driver(self, slot: Slot) -> _Driver:
-        driver: _Driver | None = slot.driver
-        if driver is None:
-            driver = slot.driver = _Driver(self, slot)
-            driver.start()
-        return driver
+        job.future.on_cancel_running = partial(slot.cancel_job, job)
 
     # -- calls -------------------------------------------------------------
 
@@ -250,40 +336,61 @@ class Dispatcher:
             check_call_timeout(timeout)
         value = self._codec.validate_input(value)
         payload = self._codec.dump_input(value)
+        token = _Waiter()
+        slot: Slot | None = None
         try:
-            slot = self.acquire()
-        except TarnishError as exc:  # closed
-            for_call(exc, value, None)
-            raise
-        try:
+            slot = self._acquire(token)
             raw = slot.call(payload, timeout if timeout is not None else self.settings.timeout)
-        except TarnishError as exc:
-            for_call(exc, value, slot.call_pid)  # before release: the slot is still ours
+        except BaseException as exc:
+            try:
+                if isinstance(exc, TarnishError):  # name the call's input and worker
+                    for_call(exc, value, None if slot is None else slot.call_pid)
+            finally:
+                try:
+                    self.give_back(token)
+                except BaseException:  # a second Ctrl-C: absorbed, the first is on its way up
+                    self.give_back(token)
             raise
-        finally:
-            self.release(slot)
+        try:
+            self._pass_on(slot, token)
+        except BaseException:  # a Ctrl-C landed in it: finish, then let it through
+            self.give_back(token)
+            raise
         return self._codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
         if timeout is not None:
             check_call_timeout(timeout)
         value = self._codec.validate_input(value)
-        job = _Job(CallFuture(), value, self._codec.dump_input(value), timeout)
-        with self._cond:
+        payload = self._codec.dump_input(value)
+        future = CallFuture(self._runner)
+        job = _Job(future, value, payload, timeout)
+        with self._lock:
             if self._state is not _State.OPEN:
                 raise for_call(ClosedError("the handle is closed"), value, None)
-            slot = None if self._waiters else self._take_free()
-            if slot is None:
+            i = -1 if self._waiters else self._free_index()
+            if i < 0:
                 self._waiters.append(job)
-                return job.future
-            started = self._start_job(slot, job)
-        if started:
-            self._driver(slot).give(job)
-        else:  # pragma: no cover - nobody can cancel a future not yet returned
-            self.release(slot)
-        return job.future
+                return future
+            slot = self.slots[i]
+            future.claim()  # nobody else has this future yet
+            self._start_job(slot, job)
+            job.given = True
+            self._holders[i] = job
+            self._next = (i + 1) % len(self.slots)
+            self._drivers[i].jobs.put(job)
+        return future
 
-    def run_job(self, slot: Slot, job: _Job) -> Callable[[], None]:
+    def serve(self, slot: Slot, job: _Job | None) -> None:
+        """On ``slot``'s driver: run ``job``, and the jobs the slot passes to next."""
+        while job is not None:
+            settle = self._run_job(slot, job)
+            # Free the slot before the Future settles: a caller woken by the
+            # result finds the worker free.
+            job = self._pass_on(slot, job)
+            settle()
+
+    def _run_job(self, slot: Slot, job: _Job) -> Callable[[], None]:
         """Run a submitted call on ``slot``; return what settles its Future."""
         future = job.future
         timeout = job.timeout if job.timeout is not None else self.settings.timeout
@@ -296,9 +403,8 @@ class Dispatcher:
         except BaseException as exc:
             if isinstance(exc, TarnishError):
                 for_call(exc, job.input, slot.call_pid)
-            error = exc
-            return lambda: _settle(future, error=error)
-        return lambda: _settle(future, result=result)
+            return partial(future.finish, None, exc)
+        return partial(future.finish, result)
 
     # -- closing -----------------------------------------------------------
 
@@ -306,118 +412,162 @@ class Dispatcher:
     def closed(self) -> bool:
         return self._state is not _State.OPEN
 
-    def close(self, timeout: float | None = None) -> None:
-        """Refuse new calls, let running ones finish until the deadline, then kill."""
-        with self._cond:
-            if self._state is not _State.OPEN:
-                while self._state is not _State.CLOSED:
-                    self._cond.wait(0.1)
+    def close(
+        self, timeout: float | None = None, *, hurry: bool = False, wait: bool = True
+    ) -> None:
+        """Refuse new calls, let running ones finish until the deadline, then kill.
+
+        The work is done by a closer thread that every caller joins, so a Ctrl-C
+        never lands in the middle of it: it only tells the closer to hurry.
+        ``hurry`` (Ctrl-C is ending the program): running calls are killed at
+        once, idle workers get a short grace. A slot held by a thread that is
+        itself in close() (a signal handler interrupted its call) is killed, never
+        waited for. ``wait=False`` only starts the closing.
+        """
+        me = _get_ident()
+        new = threading.Thread(target=self._close, name="tarnish_py-close", daemon=False)
+        with self._lock:
+            if self._state is _State.OPEN:
+                self._state = _State.CLOSING
+                self._queued_at_close = list(self._waiters)
+                self._waiters.clear()
+                self._grace = self.settings.shutdown_timeout if timeout is None else timeout
+                self._closer = new
+            closer = self._closer
+            self._joiners.add(me)
+            if hurry:
+                self._hurry = True
+        if closer is None:  # a forked child's copy: closed from the start
+            return
+        try:
+            with self._closer_lock:
+                if closer.ident is None and not self._closer_ran:
+                    try:
+                        closer.start()
+                    except RuntimeError:  # the interpreter is ending: close on this thread
+                        self._close()
+            if wait:
+                closer.join()
+        except BaseException:
+            self._hurry = True  # Ctrl-C while closing: the closer kills what still runs
+            raise
+
+    def close_hurried(self) -> None:
+        """Close with no grace for running calls, absorbing a further Ctrl-C: one is
+        already on its way up (``with`` left by KeyboardInterrupt)."""
+        for _ in _lifecycle.TRIES:
+            try:
+                self.close(hurry=True)
                 return
-            self._state = _State.CLOSING
-            queued = list(self._waiters)
-            self._waiters.clear()
+            except BaseException:
+                continue
+
+    def _close(self) -> None:
+        """On the closer thread: fail the queued calls, shut every slot down."""
+        self._closer_ran = True
         owned: list[Slot] = []
         try:
-            grace = self.settings.shutdown_timeout if timeout is None else timeout
             for hook in list(self.close_hooks):
-                hook(grace)
-            self._fail_queued(queued)
-            self._shut_down(timeout, owned)
-        except BaseException:
-            # Interrupted (Ctrl-C): nothing graceful is left to wait for.
+                hook(self._grace)
+            self._fail_queued(self._queued_at_close)
+            self._queued_at_close = []
+            self._shut_down(owned)
+        except BaseException:  # pragma: no cover - a bug: never leave workers behind
             for slot in self.slots:
                 slot.kill(Kill.CLOSE)
             for slot in owned:
                 slot.end_shutdown(time.monotonic())
             raise
         finally:
-            for slot in self.slots:
-                if slot.driver is not None:
-                    slot.driver.stop()
+            for driver in self._drivers:
+                driver.jobs.put(None)
+            self._runner.close()
             self.spec.launcher.close()  # the fork server, once its workers are gone
-            with self._cond:
+            with self._lock:
                 self._state = _State.CLOSED
                 self._cond.notify_all()
-            _live.discard(self)
+            _lifecycle.forget(self)
 
     def _fail_queued(self, queued: list[_Waiter | _Job]) -> None:
         for waiter in queued:
-            if isinstance(waiter, _Waiter):
-                waiter.event.set()  # slot None: ClosedError in acquire()
-            elif not waiter.future.cancelled():
-                try:
-                    waiter.future.set_exception(
-                        for_call(
-                            ClosedError("the handle was closed before the call started"),
-                            waiter.input,
-                            None,
-                        )
-                    )
-                except cf.InvalidStateError:
-                    pass
+            if type(waiter) is _Waiter:
+                waiter.wake()  # slot None: ClosedError in _acquire()
+            elif waiter.future.claim():  # type: ignore[union-attr]
+                error = ClosedError("the handle was closed before the call started")
+                for_call(error, waiter.input, None)  # type: ignore[union-attr]
+                waiter.future.finish(None, error)  # type: ignore[union-attr]
 
-    def _shut_down(self, timeout: float | None, owned: list[Slot]) -> None:
-        """Take every slot as its call ends (killing those past the deadline), then
-        ask each worker to exit and reap it."""
-        grace = self.settings.shutdown_timeout if timeout is None else timeout
-        deadline = time.monotonic() + grace
+    def _shut_down(self, owned: list[Slot]) -> None:
+        """Take every slot as its call ends and ask its worker to exit at once; kill
+        the calls still running at the deadline; reap."""
+        start = time.monotonic()
+        deadline = start + self._grace
         killed = False
-        with self._cond:
-            while True:
-                for slot in self.slots:
-                    if not slot.busy:
-                        slot.busy = True
-                        owned.append(slot)
-                if len(owned) == len(self.slots):
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 and not killed:
-                    killed = True
-                    for slot in self.slots:
-                        if slot not in owned:
-                            slot.kill(Kill.CLOSE)
-                    deadline = time.monotonic() + 10.0  # the holder only has to reap
-                elif remaining <= 0:
-                    break  # pragma: no cover - a holder that never lets go
-                self._cond.wait(max(remaining, 0.01))
+        while True:
+            taken, waiting = self._take_slots(owned)
+            owned.extend(taken)
+            for slot in taken:
+                slot.begin_shutdown()
+            if not waiting:
+                break
+            if taken:
+                continue
+            now = time.monotonic()
+            if self._hurry:
+                deadline = min(deadline, now)
+            if now < deadline:
+                with self._lock:
+                    self._cond.wait(min(deadline - now, 0.1))
+            elif not killed:
+                killed = True
+                deadline = now + _REAP_GRACE  # the holders only have to reap
+                for i in waiting:
+                    self.slots[i].kill(Kill.CLOSE)
+            else:  # holders that never let go: theirs to reap
+                with self._lock:
+                    self._left.update(waiting)
+                break
+        idle_grace = min(self._grace, _HURRIED_GRACE) if self._hurry else self._grace
         for slot in owned:
-            slot.begin_shutdown()
-        for slot in owned:
-            slot.end_shutdown(deadline if not killed else time.monotonic())
+            slot.end_shutdown(start + idle_grace)
 
+    def _take_slots(self, owned: list[Slot]) -> tuple[list[Slot], list[int]]:
+        """The free slots, now the closer's; and the slots still held by others. A
+        slot held by a thread waiting in close() is killed and left to that thread:
+        it reaps the worker when it resumes."""
+        taken: list[Slot] = []
+        waiting: list[int] = []
+        with self._lock:
+            for i, slot in enumerate(self.slots):
+                if slot in owned or i in self._left:
+                    continue
+                if self._holders[i] is None:
+                    self._holders[i] = _CLOSER
+                    taken.append(slot)
+                elif self._holder_ident(i) in self._joiners:
+                    self._left.add(i)
+                    slot.kill(Kill.CLOSE)
+                else:
+                    waiting.append(i)
+        return taken, waiting
 
-_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-_exit_hook_lock = threading.Lock()
-_exit_hook_installed = False
+    def _holder_ident(self, i: int) -> int | None:
+        holder = self._holders[i]
+        if type(holder) is _Waiter:
+            return holder.ident
+        return self._drivers[i].thread.ident if type(holder) is _Job else None
 
+    # -- fork --------------------------------------------------------------
 
-def close_all_at_exit() -> None:
-    for dispatcher in list(_live):
-        try:
-            dispatcher.close()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
-
-
-def install_exit_hook() -> None:
-    """Close every handle at interpreter exit, before threads are joined.
-
-    ``threading._register_atexit`` hooks run before non-daemon threads are
-    joined (and before concurrent.futures joins its own), so a thread stuck in a
-    call is released with ClosedError instead of hanging the exit.
-    """
-    global _exit_hook_installed
-    with _exit_hook_lock:
-        if _exit_hook_installed:
-            return
-        _exit_hook_installed = True
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(close_all_at_exit)
-            return
-        except RuntimeError:  # pragma: no cover - already shutting down
-            pass
-    import atexit
-
-    atexit.register(close_all_at_exit)
+    def forget_after_fork(self) -> None:
+        """In a forked child: dead (ClosedError), and never touching the parent's
+        workers. The locks are new: another thread may have held them at the fork."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._closer_lock = threading.Lock()
+        self._closer = None
+        self._state = _State.CLOSED
+        self._waiters = deque()
+        for slot in self.slots:
+            slot.disown()
+        self._runner.forget_after_fork()

@@ -10,7 +10,7 @@
           ├── TaskTimeout (TimeoutError) the call ran past its timeout; worker killed, replaced
           ├── SpawnError                a worker could not start (import error, no handshake...)
           ├── ProtocolError             the worker broke the wire protocol; killed, replaced
-          └── ClosedError               the handle was closed ("you closed it", not "it broke")
+          └── ClosedError (RuntimeError) the handle was closed ("you closed it", not "it broke")
 
 Invalid *input* is not a TarnishError: it raises ``pydantic.ValidationError`` in the
 caller and nothing is sent. Failures of the layers below (EOF or a deadline on a
@@ -167,8 +167,12 @@ class ProtocolError(TarnishError):
     """The worker sent something the wire protocol does not allow; it was killed."""
 
 
-class ClosedError(TarnishError):
-    """The handle is closed (or closing): queued and new calls are refused."""
+class ClosedError(TarnishError, RuntimeError):
+    """The handle is closed (or closing): queued and new calls are refused.
+
+    Also a ``RuntimeError``, as ``concurrent.futures`` raises for work submitted
+    after shutdown.
+    """
 
 
 # -- attaching a call's data ---------------------------------------------------

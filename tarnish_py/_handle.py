@@ -4,8 +4,10 @@
 
     call(x)          Dispatcher.call in the caller's thread
     submit(x)        Dispatcher.submit -> Future
-    acall(x)         asyncio.wrap_future(submit(x))
-    close() / with   Dispatcher.close; also at garbage collection and at exit
+    acall(x)         await submit(x), woken through the event loop (``_future.wait_async``)
+    close() / with   Dispatcher.close; leaving ``with`` by Ctrl-C kills running calls
+                     at once; garbage collection closes on another thread
+                     (``_lifecycle.close_later``), interpreter exit closes everything
 
 Everything that does no I/O lives here once and serves both handles and the
 sync, Future and asyncio forms of a call.
@@ -13,7 +15,6 @@ sync, Future and asyncio forms of a call.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import weakref
 from types import TracebackType
@@ -21,7 +22,9 @@ from typing import Any, Generic
 
 from typing_extensions import Self
 
-from ._dispatch import Dispatcher, install_exit_hook
+from ._dispatch import Dispatcher
+from ._future import wait_async
+from ._lifecycle import close_later, install_exit_hook
 from ._settings import Settings
 from ._slot import WorkerSpec
 from ._task import In, Out, Task, codec, task_location
@@ -39,8 +42,10 @@ class _Handle(Generic[In, Out]):
         module, name = task_location(task)
         dispatcher = Dispatcher(WorkerSpec(module, name, settings, task), size, codec(task))
         self._dispatcher = dispatcher
-        # The finalizer holds the dispatcher, never the handle (or it would live forever).
-        self._finalizer = weakref.finalize(self, dispatcher.close)
+        # The finalizer holds the dispatcher, never the handle (or it would live
+        # forever); it may run on any thread, so it only schedules the close.
+        self._finalizer = weakref.finalize(self, close_later, dispatcher)
+        self._finalizer.atexit = False  # the exit hook closes every handle
         install_exit_hook()
         dispatcher.start()
 
@@ -74,7 +79,7 @@ class _Handle(Generic[In, Out]):
 
         Cancelling the awaiting task kills the worker if the call is running.
         """
-        return await asyncio.wrap_future(self._dispatcher.submit(input, timeout))
+        return await wait_async(self._dispatcher.submit(input, timeout))  # type: ignore[no-any-return]
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the workers: queued calls fail with ``ClosedError``, running calls get
@@ -101,4 +106,11 @@ class _Handle(Generic[In, Out]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C is ending the program: running calls are not waited for.
+            try:
+                self._dispatcher.close_hurried()
+            except BaseException:
+                self._dispatcher.close_hurried()
+        else:
+            self.close()

@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._future import CallFuture
+
 __all__ = ["per_call_map"]
 
 Submit = Callable[[Any], "cf.Future[Any]"]
@@ -36,12 +38,18 @@ def per_call_map(
 
 
 def _submit(submit: Submit, item: Any) -> cf.Future[Any]:
+    """The item's call; for an invalid input (or a closed pool), a done Future holding
+    the error, which takes the item's place: the items before it come first."""
     try:
         return submit(item)
-    except Exception as exc:  # an invalid input: its ValidationError takes its place
+    except Exception as exc:
         failed: cf.Future[Any] = cf.Future()
         failed.set_exception(exc)
         return failed
+
+
+def _failed_at_once(future: cf.Future[Any]) -> bool:
+    return type(future) is cf.Future  # a CallFuture is a call; a plain Future an error
 
 
 def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
@@ -52,9 +60,17 @@ def _outcome(future: cf.Future[Any], return_exceptions: bool) -> Any:
 
 
 def _drop(futures: Iterable[cf.Future[Any]]) -> None:
-    # Plain Future.cancel: drops queued calls, leaves running ones to finish.
+    # Drops queued calls, leaves running ones to finish.
     for future in futures:
-        cf.Future.cancel(future)
+        if isinstance(future, CallFuture):
+            future.cancel_queued()
+
+
+def _when_done(future: cf.Future[Any], done: queue.SimpleQueue[cf.Future[Any]]) -> None:
+    if isinstance(future, CallFuture):
+        future.add_hook(done.put)  # on the driver: no hop to the callback thread
+    else:
+        future.add_done_callback(done.put)
 
 
 def _ordered(
@@ -63,7 +79,10 @@ def _ordered(
     pending: deque[cf.Future[Any]] = deque()
     try:
         for item in inputs:
-            pending.append(_submit(submit, item))
+            future = _submit(submit, item)
+            pending.append(future)
+            if not return_exceptions and _failed_at_once(future):
+                break  # raised in its turn; no input after it is pulled
             if len(pending) >= window:
                 yield _outcome(pending.popleft(), return_exceptions)
         while pending:
@@ -87,7 +106,9 @@ def _unordered(
                     break
                 future = _submit(submit, item)
                 running.add(future)
-                future.add_done_callback(done.put)
+                _when_done(future, done)
+                if not return_exceptions and _failed_at_once(future):
+                    exhausted = True  # raised when it comes out; no input after it
             if not running:
                 return
             finished = done.get()

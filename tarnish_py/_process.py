@@ -64,12 +64,11 @@ class Process(_Handle[In, Out]):
         return self._dispatcher.slots[0].is_running()
 
     def restart(self) -> None:
-        """Replace the worker by a fresh one (waits for a running call first)."""
-        slot = self._dispatcher.acquire()
-        try:
-            slot.restart()
-        finally:
-            self._dispatcher.release(slot)
+        """Replace the worker by a fresh one, gracefully: waits for a running call,
+        asks the worker to exit (the task's ``close()`` runs), kills it after
+        ``shutdown_timeout``, then starts the new one."""
+        grace = self._dispatcher.settings.shutdown_timeout
+        self._dispatcher.hold(lambda slot: slot.restart(grace))
 
     # -- state (SPEC §7) ---------------------------------------------------------
 
@@ -107,8 +106,4 @@ class Process(_Handle[In, Out]):
         dispatcher = self._dispatcher
         if timeout is None:
             timeout = dispatcher.settings.timeout
-        slot = dispatcher.acquire()
-        try:
-            return slot.call(payload, timeout, kind)
-        finally:
-            dispatcher.release(slot)
+        return dispatcher.hold(lambda slot: slot.call(payload, timeout, kind))

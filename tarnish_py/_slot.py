@@ -120,9 +120,7 @@ class Slot:
 
     def __init__(self, index: int, spec: WorkerSpec) -> None:
         self.index = index
-        self.busy = False
         self.kill_reason: Kill | None = None
-        self.driver: Any = None  # the _dispatch driver thread that runs its submitted calls
         # The submitted call running here, so that cancelling one call never
         # kills the next: a cancel acts only while its own call is in flight.
         self.job_lock = threading.Lock()
@@ -345,11 +343,18 @@ class Slot:
             if self._conn is conn:
                 self._conn = None
 
-    def restart(self) -> None:
+    def restart(self, grace: float = 0.0) -> None:
+        """Replace the worker: ask it to exit (its task's close() runs), wait up to
+        ``grace`` seconds, kill it, then start a fresh one."""
         self._await_starter()
         conn = self._conn
         if conn is not None:
+            if conn.idle and not conn.killed:
+                self._ask_to_exit(conn)
+                conn.finish(grace)
             self._drop(conn)
+        if self.kill_reason is Kill.CLOSE:
+            raise ClosedError("the handle was closed while its worker restarted")
         self._spawn_error = None
         self.ready()
 
@@ -388,8 +393,12 @@ class Slot:
             self._closing = True
         self._await_starter()
         conn = self._conn
-        if conn is None:
-            return
+        if conn is not None:
+            self._ask_to_exit(conn)
+
+    @staticmethod
+    def _ask_to_exit(conn: Conn) -> None:
+        """Ask a worker to exit if it is between whole exchanges; else kill it."""
         if conn.idle and not conn.killed:
             try:
                 conn.send(_protocol.shutdown_frame(), time.monotonic() + 1.0)
@@ -404,6 +413,15 @@ class Slot:
             conn.finish(max(0.0, deadline - time.monotonic()))
         if self._recycler is not None:
             self._recycler.join(deadline)  # workers retired by max_calls / max_memory
+
+    def disown(self) -> None:
+        """In a forked child: forget the parent's worker without touching it."""
+        conn, self._conn = self._conn, None
+        self._closing = True
+        self.job_lock = threading.Lock()  # another thread may have held it at the fork
+        self._lock = threading.Lock()
+        if conn is not None:
+            conn.disown()
 
 
 def _new_conn(spec: WorkerSpec) -> Conn:
