@@ -16,6 +16,7 @@ function's module, and either way the decorator registers the label again there.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import inspect
 import threading
 import types
@@ -30,7 +31,7 @@ from ._process import DEFAULT_SPAWN_TIMEOUT, Process
 from ._task import Task, adapters
 from ._wire import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["IsolatedFunction", "task", "task_for_label"]
+__all__ = ["IsolatedFunction", "function_for_label", "task", "task_for_label"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,6 +48,19 @@ def task_for_label(label: str) -> type[Task[Any, Any]]:
         raise LookupError(
             f"no @task({label!r}) function was defined by the time the worker looked for it"
         ) from None
+
+
+def function_for_label(module: str, label: str) -> IsolatedFunction[Any, Any]:
+    """The ``@task`` function registered under ``label`` once ``module`` is imported.
+
+    How a decorated function is unpickled in another process (Dask, multiprocessing).
+    """
+    if module != "__main__":
+        importlib.import_module(module)
+    try:
+        return _registry[label]
+    except KeyError:
+        raise LookupError(f"no @task({label!r}) function is defined in module {module!r}") from None
 
 
 def _task_class(label: str, fn: Callable[..., Any]) -> type[Task[Any, Any]]:
@@ -172,6 +186,11 @@ class IsolatedFunction(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<tarnish_py task {self.label!r}: {self.__qualname__}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By reference: the receiving process imports the module, which registers
+        # the label again; the worker and its lock never travel.
+        return (function_for_label, (self.__module__, self.label))
 
 
 def task(

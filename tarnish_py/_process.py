@@ -22,6 +22,11 @@ __all__ = ["DEFAULT_SPAWN_TIMEOUT", "Process"]
 
 DEFAULT_SPAWN_TIMEOUT = 60.0
 
+_NOT_PICKLABLE = (
+    "a handle to live worker processes cannot be pickled; "
+    "pass the Task class or use tarnish_py.dask.IsolatedPool"
+)
+
 
 def task_location(task: type[Task[Any, Any]]) -> tuple[str, str]:
     """(module, qualified name) by which a worker finds ``task``."""
@@ -93,6 +98,12 @@ class _Handle(Generic[In, Out]):
 
     def __enter__(self) -> Self:
         return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(_NOT_PICKLABLE)
+
+    def __getstate__(self) -> Any:
+        raise TypeError(_NOT_PICKLABLE)
 
     def __exit__(
         self,

@@ -1,0 +1,245 @@
+"""tarnish_py.dask on a real LocalCluster (2 worker processes, 1 thread each):
+segfaults fail single Dask tasks and nothing else, @task functions travel by
+reference, a cancelled Dask future kills its isolated call, and restarted or
+killed Dask workers leave no isolated process behind.
+
+One cluster serves the whole module (a start costs seconds). The tests that
+restart or kill Dask workers come last; each test reads the worker set it
+starts from instead of assuming the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from tarnish_py import ProcessPool, Task, TaskError, TaskTimeout, WorkerCrashed  # noqa: E402
+from tarnish_py.dask import IsolatedPool  # noqa: E402
+
+from . import _dask_tasks  # noqa: E402
+from ._dask_tasks import RAISE, SPIN, Crashy, Stuck, scale  # noqa: E402
+from ._procs import descendants, still_alive  # noqa: E402
+
+MARK = "TARNISH_DASK_TEST"
+
+
+# -- the cluster -------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, client: Any, token: str) -> None:
+        self.client = client
+        self.token = token
+        self.plugin = IsolatedPool(Crashy)
+        client.register_plugin(self.plugin)
+
+    def pids(self) -> dict[str, int]:
+        """Dask worker address -> its process id."""
+        return dict(self.client.run(os.getpid))
+
+    def isolated(self, dask_pid: int) -> set[int]:
+        """The isolated workers of the registered pool (Crashy) below one Dask worker."""
+        return {pid for pid in descendants(dask_pid) if _is_isolated(pid, self.token, "Crashy")}
+
+    def isolated_anywhere(self) -> set[int]:
+        """Every isolated worker started by this cluster, whoever its parent is now."""
+        return {
+            int(e) for e in os.listdir("/proc") if e.isdigit() and _is_isolated(int(e), self.token)
+        }
+
+    def wait_pools(self, within: float = 20.0) -> dict[int, set[int]]:
+        """Dask worker pid -> its isolated workers, once each has its pool (size 1)."""
+        deadline = time.monotonic() + within
+        while True:
+            pools = {pid: self.isolated(pid) for pid in self.pids().values()}
+            if all(len(p) == 1 for p in pools.values()) or time.monotonic() > deadline:
+                return pools
+            time.sleep(0.1)
+
+
+def _is_isolated(pid: int, token: str, task: str | None = None) -> bool:
+    """Whether ``pid`` is a live tarnish_py worker (of ``task``) started in this cluster."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if f"{MARK}={token}".encode() not in environ or state in ("Z", "X"):
+        return False
+    marker = b"TARNISH_PY_WORKER="
+    for entry in environ:
+        if entry.startswith(marker):
+            return task is None or json.loads(entry[len(marker) :])["name"] == task
+    return False
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    token = uuid.uuid4().hex
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env={MARK: token},
+        ) as local,
+        distributed.Client(local) as client,
+    ):
+        cl = Cluster(client, token)
+        yield cl
+    # Closing the cluster tears the pools down: nothing of it may live on.
+    left = still_alive(cl.isolated_anywhere(), within=10.0)
+    assert not left, f"isolated workers left after the cluster closed: {left}"
+
+
+# -- tests --------------------------------------------------------------------
+
+
+def test_segfaults_fail_only_their_tasks(cluster: Cluster) -> None:
+    client = cluster.client
+    workers_before = set(client.scheduler_info()["workers"])
+    pids_before = cluster.pids()
+    held_data = list(range(1000))
+    [held] = client.scatter([held_data], broadcast=True)
+
+    inputs = [-1 if i in (4, 15, 27) else i for i in range(30)]
+    futures = client.map(cluster.plugin.call, inputs)
+    distributed.wait(futures, timeout=60)
+
+    crashed = [f.exception() for f in futures if f.status == "error"]
+    assert len(crashed) == 3 and all(isinstance(e, WorkerCrashed) for e in crashed), crashed
+    for error in crashed:
+        assert error.signal == "SIGSEGV" and error.exitcode == -signal.SIGSEGV
+        assert "Segmentation fault" in error.stderr  # the worker's faulthandler dump travelled
+    results = {i: f.result() for i, f in zip(inputs, futures, strict=True) if f.status != "error"}
+    assert results == {i: 2 * i for i in inputs if i >= 0}
+
+    # No Dask worker died: same members, same processes, held data still there.
+    assert set(client.scheduler_info()["workers"]) == workers_before
+    assert cluster.pids() == pids_before
+    assert set(client.who_has([held])[held.key]) == workers_before
+    assert client.gather(held) == held_data
+
+
+def test_task_errors_and_timeouts_reach_the_client(cluster: Cluster) -> None:
+    client = cluster.client
+    failed = client.submit(cluster.plugin.call, RAISE)
+    distributed.wait([failed], timeout=30)
+    error = failed.exception()
+    assert isinstance(error, TaskError), error
+    assert error.type_name == "ValueError" and "cannot take" in error.message
+    assert "_dask_tasks.py" in error.traceback
+
+    # A pool started on first use (never registered), with a per-call timeout.
+    stuck = IsolatedPool(Stuck, size=1, timeout=0.5)
+    late = client.submit(stuck.call, 1)
+    distributed.wait([late], timeout=60)
+    timeout = late.exception()
+    assert isinstance(timeout, TaskTimeout) and timeout.timeout == 0.5, timeout
+
+
+def test_task_functions_travel_by_reference(cluster: Cluster) -> None:
+    client = cluster.client
+    assert pickle.loads(pickle.dumps(scale)) is scale
+    # Called as itself on the Dask workers (its own worker there, started on first use) ...
+    assert client.gather(client.map(scale, [1.0, 2.5])) == [2.0, 5.0]
+    # ... or through a pool, with the function's own argument binding.
+    pool = IsolatedPool(scale)
+    assert client.gather(client.map(pool.call, [1.0, 2.0], factor=3.0)) == [3.0, 6.0]
+    assert client.submit(pool.call, x=2.0, pure=False).result(timeout=30) == 4.0
+    assert pool.name != cluster.plugin.name
+    assert pickle.loads(pickle.dumps(pool)).name == pool.name
+
+
+def test_cancelling_a_dask_future_kills_its_isolated_call(cluster: Cluster) -> None:
+    client = cluster.client
+    address, dask_pid = next(iter(cluster.pids().items()))
+    [isolated] = cluster.wait_pools()[dask_pid]
+
+    stuck = client.submit(cluster.plugin.call, SPIN, workers=[address], pure=False)
+    _wait_executing(client, address, stuck.key)
+    stuck.cancel()
+
+    # The Dask worker's only thread is free again: the next task runs there.
+    after = client.submit(cluster.plugin.call, 21, workers=[address], pure=False)
+    assert after.result(timeout=15) == 42
+    assert not still_alive([isolated], within=5.0), "the cancelled call's worker lives on"
+    assert len(cluster.isolated(dask_pid)) == 1  # replaced by a fresh one
+
+
+def _wait_executing(client: Any, address: str, key: Any, within: float = 20.0) -> None:
+    def executing(dask_worker: Any) -> bool:
+        record = dask_worker.state.tasks.get(key)
+        return record is not None and record.state == "executing"
+
+    deadline = time.monotonic() + within
+    while not client.run(executing, workers=[address])[address]:
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the call reaches its isolated worker
+
+
+def test_restart_and_killed_workers_leave_no_isolated_process(cluster: Cluster) -> None:
+    client = cluster.client
+    old = cluster.wait_pools()
+    old_isolated = set().union(*old.values())
+    assert len(old_isolated) == 2
+
+    client.restart(timeout=60)
+    assert not still_alive(old_isolated, within=10.0), "isolated workers outlived restart()"
+    restarted = cluster.wait_pools()  # Dask ran setup again: fresh pools
+    assert set(restarted).isdisjoint(old)
+    assert all(len(pids) == 1 for pids in restarted.values()), restarted
+
+    victim = next(iter(restarted))
+    [orphan] = restarted[victim]
+    os.kill(victim, signal.SIGKILL)
+    assert not still_alive([orphan], within=10.0), "isolated worker outlived its Dask worker"
+    client.wait_for_workers(2, timeout=60)
+    survivors = cluster.wait_pools()
+    assert victim not in survivors and len(survivors) == 2
+    assert all(len(pids) == 1 for pids in survivors.values()), survivors
+    # Every isolated process of this cluster sits below a live Dask worker.
+    assert cluster.isolated_anywhere() == set().union(*survivors.values())
+    assert client.gather(client.map(cluster.plugin.call, [1, 2, 3])) == [2, 4, 6]
+
+
+# -- no cluster needed ------------------------------------------------------------
+
+
+def test_construction_refuses_what_workers_cannot_import() -> None:
+    main_task = types.new_class(
+        "MainTask",
+        (Task[int, int],),
+        exec_body=lambda ns: ns.update({"run": lambda self, x: x, "__module__": "__main__"}),
+    )
+    with pytest.raises(TypeError, match="importable module"):
+        IsolatedPool(main_task)
+    with pytest.raises(TypeError, match="Task subclass or an @task function"):
+        IsolatedPool(len)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size"):
+        IsolatedPool(Crashy, size=0)
+    with pytest.raises(ValueError, match="timeout"):
+        IsolatedPool(Crashy, timeout=-1)
+    assert IsolatedPool(Crashy).name == IsolatedPool(Crashy, size=3).name
+
+
+def test_handles_refuse_pickling() -> None:
+    assert _dask_tasks.Crashy is Crashy
+    with ProcessPool(Crashy, size=1) as pool:
+        with pytest.raises(TypeError, match="cannot be pickled.*IsolatedPool"):
+            pickle.dumps(pool)
