@@ -21,6 +21,11 @@ EXPECTED = {
     "inline_task.py": ["scale(1.5) = 3.0", "(SIGABRT)", "parse('42') = 42"],
     "cpu_bound_ffi.py": ["speedup"],
     "batch_with_crashes.py": ["5 crashed (SIGSEGV)", "3 crashed (SIGABRT)", "29 ok"],
+    "dask_batch.py": [
+        "3 crashed (SIGSEGV), 37 ok",
+        "same 2 Dask workers (same processes): True",
+        "scattered data still held: 1000 items",
+    ],
 }
 
 
