@@ -29,7 +29,7 @@ from tarnish_py.dask import IsolatedPool
 
 
 def main() -> None:
-    records = [b"\xde\xad" if i in (3, 17, 31) else b"record %d" % i for i in range(40)]
+    records = [(b"\xde\xad %d" if i in (3, 17, 31) else b"record %d") % i for i in range(40)]
     with (
         distributed.LocalCluster(
             n_workers=2,

@@ -116,10 +116,16 @@ def test_segfaults_fail_only_their_tasks(cluster: Cluster) -> None:
     held_data = list(range(1000))
     [held] = client.scatter([held_data], broadcast=True)
 
-    inputs = [-1 if i in (4, 15, 27) else i for i in range(30)]
+    inputs = [-i if i in (4, 15, 27) else i for i in range(30)]  # distinct: no shared key
     futures = client.map(cluster.plugin.call, inputs)
     distributed.wait(futures, timeout=60)
 
+    assert len({f.key for f in futures}) == 30
+    assert [i for i, f in zip(inputs, futures, strict=True) if f.status == "error"] == [
+        -4,
+        -15,
+        -27,
+    ]
     crashed = [f.exception() for f in futures if f.status == "error"]
     assert len(crashed) == 3 and all(isinstance(e, WorkerCrashed) for e in crashed), crashed
     for error in crashed:
