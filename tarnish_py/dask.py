@@ -19,6 +19,8 @@ process, one per (plugin name, Dask worker); ``teardown`` closes a pool in a
 thread so the worker's event loop never waits on it. Where the plugin was not
 registered, the first ``call`` starts the pool. When a Dask worker process dies
 (SIGKILL, ``client.restart()``), tarnish_py's watchdog kills its isolated workers.
+The isolated workers' resident memory travels with each heartbeat as the Dask
+worker metric ``plugin.metric``.
 
 This is the only module of tarnish_py that imports ``distributed``.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
 import threading
 from typing import Any, Generic, TypeVar
 
@@ -46,10 +49,12 @@ R = TypeVar("R")
 _POLL_SECONDS = 0.1
 # Worker states in which its running tasks are abandoned.
 _WORKER_GONE = frozenset({"closing", "closed", "failed"})
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # (plugin name, Dask worker id or None outside a worker) -> that worker's pool.
 _pools: dict[tuple[str, str | None], ProcessPool[Any, Any]] = {}
-_pools_lock = threading.Lock()
+_starting: dict[tuple[str, str | None], threading.Lock] = {}  # one lazy start per key
+_pools_lock = threading.Lock()  # held briefly only (also on the event loop)
 
 
 class DaskTaskCancelled(TarnishError):
@@ -109,10 +114,12 @@ class IsolatedPool(WorkerPlugin, Generic[R]):
 
     async def setup(self, worker: Worker) -> None:
         """Start this worker's pool (in a thread: spawning waits for handshakes)."""
+        key = (self.name, _worker_id(worker))
         pool = await asyncio.to_thread(self._new_pool, _nthreads(worker))
         with _pools_lock:
-            old = _pools.get((self.name, _worker_id(worker)))
-            _pools[(self.name, _worker_id(worker))] = pool
+            old, _pools[key] = _pools.get(key), pool
+        # Sent with every heartbeat: scheduler_info()["workers"][addr]["metrics"].
+        worker.metrics[self.metric] = lambda _worker: _rss_bytes(_pools.get(key))
         if old is not None:
             await asyncio.to_thread(old.close)
 
@@ -120,8 +127,15 @@ class IsolatedPool(WorkerPlugin, Generic[R]):
         """Close this worker's pool in a thread (running calls get ``shutdown_timeout``)."""
         with _pools_lock:
             pool = _pools.pop((self.name, _worker_id(worker)), None)
+        worker.metrics.pop(self.metric, None)
         if pool is not None:
             await asyncio.to_thread(pool.close)
+
+    @property
+    def metric(self) -> str:
+        """The Dask worker metric that reports the isolated workers' resident memory
+        (bytes); Dask's own memory limits count only the Dask worker process."""
+        return self.name + ":rss"
 
     # -- the task side (runs in a Dask worker's task thread) ------------------
 
@@ -138,10 +152,16 @@ class IsolatedPool(WorkerPlugin, Generic[R]):
         pool = _pools.get(key)
         if pool is not None and not pool.closed:
             return pool
+        # One start per key, outside _pools_lock: setup and teardown take that lock
+        # on the event loop, which must never wait for a spawn.
         with _pools_lock:
+            starting = _starting.setdefault(key, threading.Lock())
+        with starting:
             pool = _pools.get(key)
             if pool is None or pool.closed:
-                pool = _pools[key] = self._new_pool(_nthreads(worker) if worker else None)
+                pool = self._new_pool(_nthreads(worker) if worker is not None else None)
+                with _pools_lock:
+                    _pools[key] = pool
             return pool
 
     def _new_pool(self, size: int | None) -> ProcessPool[Any, R]:
@@ -240,6 +260,18 @@ def _worker_id(worker: Worker) -> str:
 
 def _nthreads(worker: Worker) -> int:
     return int(worker.state.nthreads)
+
+
+def _rss_bytes(pool: ProcessPool[Any, Any] | None) -> int:
+    """Resident memory of the pool's live workers (Linux /proc; 0 where unreadable)."""
+    total = 0
+    for pid in pool.pids if pool is not None else ():
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 # -- construction checks --------------------------------------------------------

@@ -113,8 +113,12 @@ def test_segfaults_fail_only_their_tasks(cluster: Cluster) -> None:
     client = cluster.client
     workers_before = set(client.scheduler_info()["workers"])
     pids_before = cluster.pids()
-    held_data = list(range(1000))
-    [held] = client.scatter([held_data], broadcast=True)
+    # One piece of data on each Dask worker: it cannot be recomputed, so it
+    # survives only if its worker does.
+    held = {
+        address: client.scatter([list(range(1000))], workers=[address], hash=False)[0]
+        for address in workers_before
+    }
 
     inputs = [-i if i in (4, 15, 27) else i for i in range(30)]  # distinct: no shared key
     futures = client.map(cluster.plugin.call, inputs)
@@ -137,8 +141,20 @@ def test_segfaults_fail_only_their_tasks(cluster: Cluster) -> None:
     # No Dask worker died: same members, same processes, held data still there.
     assert set(client.scheduler_info()["workers"]) == workers_before
     assert cluster.pids() == pids_before
-    assert set(client.who_has([held])[held.key]) == workers_before
-    assert client.gather(held) == held_data
+    for address, data in held.items():
+        assert set(client.who_has([data])[data.key]) == {address}
+        assert data.result(timeout=30) == list(range(1000))
+
+
+def test_isolated_memory_reaches_the_scheduler(cluster: Cluster) -> None:
+    def reported() -> list[Any]:
+        workers = cluster.client.scheduler_info()["workers"].values()
+        return [w["metrics"].get(cluster.plugin.metric) for w in workers]
+
+    deadline = time.monotonic() + 20.0
+    while not all(isinstance(rss, int) and rss > 1 << 20 for rss in reported()):
+        assert time.monotonic() < deadline, reported()
+        time.sleep(0.2)
 
 
 def test_task_errors_and_timeouts_reach_the_client(cluster: Cluster) -> None:
@@ -211,17 +227,28 @@ def test_restart_and_killed_workers_leave_no_isolated_process(cluster: Cluster) 
     assert set(restarted).isdisjoint(old)
     assert all(len(pids) == 1 for pids in restarted.values()), restarted
 
-    victim = next(iter(restarted))
+    address, victim = next(iter(cluster.pids().items()))
     [orphan] = restarted[victim]
     os.kill(victim, signal.SIGKILL)
     assert not still_alive([orphan], within=10.0), "isolated worker outlived its Dask worker"
-    client.wait_for_workers(2, timeout=60)
+    _wait_replaced(client, address)
     survivors = cluster.wait_pools()
     assert victim not in survivors and len(survivors) == 2
     assert all(len(pids) == 1 for pids in survivors.values()), survivors
     # Every isolated process of this cluster sits below a live Dask worker.
     assert cluster.isolated_anywhere() == set().union(*survivors.values())
     assert client.gather(client.map(cluster.plugin.call, [1, 2, 3])) == [2, 4, 6]
+
+
+def _wait_replaced(client: Any, address: str, within: float = 60.0) -> None:
+    """Until the scheduler has dropped the dead worker and the nanny's new one joined."""
+    deadline = time.monotonic() + within
+    while True:
+        workers = client.scheduler_info()["workers"]
+        if address not in workers and len(workers) == 2:
+            return
+        assert time.monotonic() < deadline, f"no replacement for {address}: {list(workers)}"
+        time.sleep(0.1)
 
 
 # -- no cluster needed ------------------------------------------------------------
