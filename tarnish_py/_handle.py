@@ -94,7 +94,8 @@ class _Handle(Generic[In, Out]):
     def __reduce__(self) -> Any:
         raise TypeError(
             f"a handle to live worker processes cannot be pickled ({type(self).__name__}); "
-            "pass the Task class (or an @task function) and open a handle where it is used"
+            "pass the Task class (or an @task function) and open a handle where it is used "
+            "(on Dask: tarnish_py.dask.IsolatedPool)"
         )
 
     def __enter__(self) -> Self:

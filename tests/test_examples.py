@@ -36,6 +36,11 @@ EXPECTED = {
         "a new Process restored counter.snap: 1",
     ],
     "progress.py": ["120 inputs, each with an outcome: 101 ok, 11 crashed, 8 failed"],
+    "dask_batch.py": [
+        "3 crashed (SIGSEGV), 37 ok",
+        "same 2 Dask workers (same processes): True",
+        "scattered data still held: 1000 items",
+    ],
 }
 
 # The demo reads as a success: a caught crash is reported by the example itself,
