@@ -87,22 +87,33 @@ class _Future(cf.Future[Any]):
 
     def cancel(self) -> bool:
         inner = self._inner
-        # The pool's cancel runs its callbacks, and so _follow, before it returns.
-        return inner.cancel() if inner is not None else self.cancelled()
+        if inner is None:
+            return self.cancelled()
+        if inner.cancel():
+            self.cancel_now()  # the pool runs its done-callbacks on another thread
+            return True
+        return False
 
     def _drop_if_queued(self) -> None:
         """Cancel the call only if it has not started (the standard library's cancel)."""
         inner = self._inner
-        if inner is not None:
-            cf.Future.cancel(inner)
+        if inner is not None and cf.Future.cancel(inner):
+            self.cancel_now()
+
+    def cancel_now(self) -> None:
+        """Cancelled and notified at once (``cf.wait`` and ``as_completed`` wait for the
+        notification); a no-op once done."""
+        if not self.done() and cf.Future.cancel(self):
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:  # notified meanwhile by _follow on the pool's thread
+                pass
 
     def _follow(self, inner: cf.Future[Any]) -> None:
         self._inner = None  # the raw result is not kept alive past this point
         try:
             if inner.cancelled():
-                # Notify at once: cf.wait and as_completed wait for the notification.
-                if cf.Future.cancel(self):
-                    self.set_running_or_notify_cancel()
+                self.cancel_now()
                 return
             error = inner.exception()
             if error is None:
@@ -184,7 +195,8 @@ class IsolatedExecutor(cf.Executor):
         self._pool: ProcessPool[Any, Any] | None = None
         self._re_executed = False  # which kind of worker the pool runs
         self._calls: dict[Any, tuple[str, str, Signature]] = {}  # fn -> how it is called
-        self._outstanding: set[cf.Future[Any]] = set()  # the pool's Futures not yet done
+        # The pool's Futures not yet done, and the Futures given for them.
+        self._outstanding: dict[cf.Future[Any], _Future] = {}
         self._shutdown = False
         self._close_when_idle = False
 
@@ -237,8 +249,7 @@ class IsolatedExecutor(cf.Executor):
             if self._shutdown:
                 raise _after_shutdown()
             inner = self._pool_for(module, qualname).submit(record)
-            self._outstanding.add(inner)
-        future = _Future(inner, signature.load_result)
+            future = self._outstanding[inner] = _Future(inner, signature.load_result)
         inner.add_done_callback(_Once(self._forget))
         return future
 
@@ -273,7 +284,7 @@ class IsolatedExecutor(cf.Executor):
 
     def _forget(self, inner: cf.Future[Any]) -> None:
         with self._lock:
-            self._outstanding.discard(inner)
+            self._outstanding.pop(inner, None)
             pool = self._idle_pool_to_close()
         if pool is not None:
             pool.close()
@@ -295,13 +306,13 @@ class IsolatedExecutor(cf.Executor):
         """
         with self._lock:
             self._shutdown = True
-            outstanding = list(self._outstanding)
+            outstanding = list(self._outstanding.items())
             pool = self._pool
             if not wait:
                 self._close_when_idle = True
         if cancel_futures:
-            for inner in outstanding:
-                cf.Future.cancel(inner)  # queued calls only; running ones finish
+            for _, future in outstanding:
+                future._drop_if_queued()  # queued calls only; running ones finish
         if pool is None:
             return
         if not wait:
@@ -311,7 +322,7 @@ class IsolatedExecutor(cf.Executor):
                 idle_pool.close()
             return
         try:
-            cf.wait([f for f in outstanding if not f.cancelled()])
+            cf.wait([inner for inner, _ in outstanding if not inner.cancelled()])
         except BaseException:
             pool.close(0.0)  # Ctrl-C: no running call is waited for
             raise

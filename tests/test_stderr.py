@@ -141,6 +141,14 @@ def test_an_endless_line_is_passed_on_in_bounded_pieces(forwarded: list[bytes]) 
 def test_parent_log_level_is_the_lowest_any_logger_lets_through() -> None:
     root, app = logging.getLogger(), logging.getLogger("test_stderr.app")
     saved = root.level, app.level
+    # Other tests' libraries (distributed ...) leave loggers of their own at INFO.
+    others = {
+        logger: logger.level
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and logger is not app
+    }
+    for logger in others:
+        logger.setLevel(logging.NOTSET)
     try:
         root.setLevel(logging.WARNING)
         app.setLevel(logging.NOTSET)
@@ -151,5 +159,7 @@ def test_parent_log_level_is_the_lowest_any_logger_lets_through() -> None:
         assert _worker_logging.parent_log_level() == logging.INFO + 1
     finally:
         logging.disable(logging.NOTSET)
+        for logger, level in others.items():
+            logger.setLevel(level)
         root.setLevel(saved[0])
         app.setLevel(saved[1])
