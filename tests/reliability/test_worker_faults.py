@@ -237,12 +237,15 @@ def twice_interrupted(call, rng):
             time.sleep(delay)
             os.kill(os.getpid(), signal.SIGINT)
 
-    sender = threading.Thread(target=send)
-    sender.start()
+    # A daemon, started inside the loop: a late SIGINT of the round before may land
+    # in start() (and a sender left waiting must never hold up the exit).
+    sender = threading.Thread(target=send, daemon=True)
     out = ["interrupted"]
     started = False
     while True:
         try:
+            if sender.ident is None:
+                sender.start()
             if not started:
                 started = True
                 go.set()
