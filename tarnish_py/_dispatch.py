@@ -49,8 +49,9 @@ from . import _lifecycle
 from ._errors import ClosedError, TarnishError, for_call
 from ._future import CallbackRunner, CallFuture
 from ._settings import check_call_timeout
-from ._slot import Kill, Slot, WorkerSpec
+from ._slot import Kill, Slot
 from ._task import Codec
+from ._workerspec import WorkerSpec
 
 __all__ = ["CallFuture", "Dispatcher"]
 

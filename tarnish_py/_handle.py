@@ -26,8 +26,8 @@ from ._dispatch import Dispatcher
 from ._future import wait_async
 from ._lifecycle import close_later, install_exit_hook
 from ._settings import Settings
-from ._slot import WorkerSpec
 from ._task import In, Out, Task, codec, task_location
+from ._workerspec import WorkerSpec
 
 __all__ = ["_Handle"]
 

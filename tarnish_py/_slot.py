@@ -2,7 +2,7 @@
 
 ::
 
-    Slot.spawn()   a starter thread: _spawn.start -> Conn, joined (no handshake)
+    Slot.spawn()   a starter thread: WorkerSpec.start -> Conn, joined (no handshake)
     Slot.ready()   Conn.handshake          NotReady / Eof / Refused  -> SpawnError
                                            Deadline (the call's)     -> TaskTimeout,
                                                                         worker kept
@@ -26,15 +26,12 @@ thread that the interrupt cannot reach, so no started process is ever lost.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import enum
-import os
 import threading
 import time
 from typing import Any
 
-from . import _environ, _limits, _protocol, _spawn, _wire
-from ._boot import WorkerConfig, new_token
+from . import _protocol, _wire
 from ._conn import BadMessage, Conn, Deadline, Eof, NotReady, Refused
 from ._errors import (
     ClosedError,
@@ -46,13 +43,11 @@ from ._errors import (
     exit_text,
     task_error,
 )
-from ._launcher import Launcher
 from ._recycle import Recycler
-from ._settings import Settings
 from ._snapshot import StateKeeper
-from ._worker_logging import parent_log_level
+from ._workerspec import WorkerSpec
 
-__all__ = ["Kill", "Slot", "WorkerSpec"]
+__all__ = ["Kill", "Slot"]
 
 
 class Kill(enum.Enum):
@@ -71,48 +66,6 @@ class _RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
-
-
-class WorkerSpec:
-    """How to start a worker of one handle: its command line and its config."""
-
-    __slots__ = ("argv", "config", "launcher", "settings")
-
-    def __init__(
-        self, module: str, name: str, settings: Settings, task: type | None = None
-    ) -> None:
-        self.settings = settings
-        if task is not None:
-            _spawn.require_own_main(task, module, name)
-        self.argv = _spawn.command_for(module, f"{module}.{name.lstrip('@')}")
-        # Forks workers from a per-handle fork server where safe, else execs them.
-        self.launcher = Launcher(
-            self.argv,
-            settings.start,
-            settings.spawn_timeout,
-            settings.max_message_bytes,
-            settings.stderr,
-            settings.stderr_tail,
-        )
-        self.config = WorkerConfig(
-            module=module,
-            name=name,
-            max_message_bytes=settings.max_message_bytes,
-            parent_pid=os.getpid(),
-            sys_path=None if module == "__main__" else _spawn.absolute_sys_path(),
-            limits=_limits.rlimits(settings.limits),
-            drop_env=_environ.carried(settings.env),
-        )
-
-    def config_now(self) -> WorkerConfig:
-        """The config for a worker started now: it works in the parent's current
-        folder, and has a token of its own."""
-        try:
-            cwd = os.getcwd()
-        except OSError:  # pragma: no cover - the current folder was deleted
-            cwd = None
-        level = parent_log_level()  # workers log what the parent's logging lets through
-        return dataclasses.replace(self.config, cwd=cwd, token=new_token(), log_level=level)
 
 
 class Slot:
@@ -174,7 +127,7 @@ class Slot:
     def _start_worker(self) -> None:
         """In the starter thread: a started worker, stored in the slot, or its SpawnError."""
         try:
-            conn = _new_conn(self._spec)
+            conn = self._spec.start()
         except BaseException as exc:
             if not isinstance(exc, SpawnError):
                 exc = SpawnError(f"cannot start a worker: {exc!r}")
@@ -422,27 +375,6 @@ class Slot:
         self._lock = threading.Lock()
         if conn is not None:
             conn.disown()
-
-
-def _new_conn(spec: WorkerSpec) -> Conn:
-    """Start a worker process and take it over; SpawnError (nothing left behind) if not."""
-    config = spec.config_now()
-    settings = spec.settings
-    popen = spec.launcher.start(config, settings.env)
-    try:
-        return Conn(
-            popen,
-            settings.max_message_bytes,
-            token=config.token,
-            spawn_timeout=settings.spawn_timeout,
-            stderr=settings.stderr,
-            stderr_tail=settings.stderr_tail,
-        )
-    except BaseException as exc:
-        _spawn.abandon(popen)
-        if isinstance(exc, (OSError, RuntimeError)):  # EMFILE, no thread left ...
-            raise SpawnError(f"cannot take over the started worker process: {exc}") from exc
-        raise
 
 
 def _spawn_error(exc: Exception, conn: Conn, spawn_timeout: float) -> SpawnError:
