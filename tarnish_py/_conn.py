@@ -309,15 +309,7 @@ class Conn:
                 self._killpg()
                 self.returncode = self.popen.wait()
         watchdog.unregister(self.pid)
-        for stream in (self.popen.stdin, self.popen.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        if self._pidfd >= 0:
-            pidfd, self._pidfd = self._pidfd, -1
-            os.close(pidfd)
+        self._close_fds()
         self._pump.join(_PUMP_JOIN)
         # An exception raised from this call keeps this Conn alive through its
         # traceback: let go of the buffers now.
@@ -345,6 +337,11 @@ class Conn:
     def disown(self) -> None:
         """In a forked child: close this process's copies of the pipes; never signal,
         message or reap the worker (it is the parent's)."""
+        self._close_fds()
+        self.popen.returncode = self.returncode = 0  # nothing here will ever wait for it
+
+    def _close_fds(self) -> None:
+        """Close this process's ends of the channel and the pidfd (the holder only)."""
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:
                 try:
@@ -352,9 +349,8 @@ class Conn:
                 except OSError:
                     pass
         if self._pidfd >= 0:
-            os.close(self._pidfd)
-            self._pidfd = -1
-        self.popen.returncode = self.returncode = 0  # nothing here will ever wait for it
+            pidfd, self._pidfd = self._pidfd, -1
+            os.close(pidfd)
 
 
 def _poll_ms(deadline: float | None, check_exit: bool = False) -> int | None:
