@@ -108,5 +108,5 @@ def test_peer_rows_present_or_skipped_with_a_note(report: dict[str, Any], peer: 
 
 def test_targets_are_verdicts(report: dict[str, Any]) -> None:
     targets = report["targets"]
-    assert len(targets) == 10
+    assert len(targets) == 12
     assert {t["verdict"] for t in targets} <= {"PASS", "FAIL", "INFO"}
