@@ -4,6 +4,7 @@ a worker re-executes its program, so pytest itself is never re-run."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A run started in the background of a script (as CI may start it) inherits
+# SIGINT ignored, and so would every program the tests start: their Ctrl-C
+# tests could not interrupt anything. A handler of our own (not an ignore)
+# becomes the default again in each program the tests execute.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
