@@ -26,6 +26,7 @@ class Tasks:
     echo_bytes: type[Task[bytes, bytes]]
     burn: type[Task[int, int]]
     crash: type[Task[int, int]]
+    echo_fn: Callable[[int], int]  # the same echo as a plain function (IsolatedExecutor)
 
 
 @dataclass

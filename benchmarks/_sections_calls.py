@@ -100,7 +100,7 @@ def throughput(rep: Report, cfg: Config, tasks: Tasks) -> dict[str, Stat]:
 
     with Closer() as closer:
         return _throughput.throughput(rep, cfg.map_calls, max(2, cfg.rounds // 2), tasks.echo,
-                                      closer)
+                                      closer, tasks.echo_fn)
 
 
 # -- 3. native scaling ------------------------------------------------------------------

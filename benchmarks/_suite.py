@@ -97,10 +97,11 @@ def main(
     echo_bytes: type[Task[bytes, bytes]],
     burner: type[Task[int, int]],
     crash: type[Task[int, int]],
+    echo_fn: Callable[[int], int],
     doc: str | None = None,
 ) -> None:
     """Parse the command line, run the chosen sections, print and write the report."""
-    tasks = Tasks(echo, echo_bytes, burner, crash)
+    tasks = Tasks(echo, echo_bytes, burner, crash, echo_fn)
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few rounds, small counts, no 16/64 MiB")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")

@@ -19,7 +19,7 @@ from typing import Any
 from _peers import make_peer
 from _report import Report, Stat, interleave
 
-from tarnish_py import ProcessPool, Task
+from tarnish_py import IsolatedExecutor, ProcessPool, Task
 
 __all__ = ["REFERENCE", "TARNISH_AUTO", "throughput"]
 
@@ -58,7 +58,7 @@ class _Cpu:
 
 
 def throughput(rep: Report, n: int, rounds: int, echo: type[Task[int, int]],
-               closer: Any) -> dict[str, Stat]:
+               closer: Any, echo_fn: Callable[[int], int] | None = None) -> dict[str, Stat]:
     """Measure the contenders and add the tables "throughput" and "throughput_cpu"."""
     xs = list(range(n))
     cpu = _Cpu()
@@ -69,6 +69,13 @@ def throughput(rep: Report, n: int, rounds: int, echo: type[Task[int, int]],
         name = f"tarnish ProcessPool(2).map (chunksize={chunk})"
         contenders[name] = cpu.rate(
             name, lambda chunk=chunk: list(pool.map(xs, chunksize=chunk)), n)  # type: ignore[misc]
+    if echo_fn is not None:  # the concurrent.futures way in, at the stdlib's chunksizes
+        executor = IsolatedExecutor(max_workers=2)
+        closer.add(executor.shutdown)
+        for chunk in (1, 100):
+            name = f"tarnish IsolatedExecutor(2).map (chunksize={chunk})"
+            contenders[name] = cpu.rate(
+                name, lambda chunk=chunk: list(executor.map(echo_fn, xs, chunksize=chunk)), n)  # type: ignore[misc]
     skipped: dict[str, str] = {}
     for kind, chunk, label in _PEERS:
         peer, why = make_peer(kind, 2, chunk)

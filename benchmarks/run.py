@@ -60,10 +60,15 @@ class Crash(Task[int, int]):
         return x
 
 
+def echo(x: int) -> int:
+    """Echo as a plain function: what IsolatedExecutor runs (found by reference)."""
+    return x
+
+
 def parent() -> None:
     import _suite
 
-    _suite.main(Echo, EchoBytes, Burn, Crash, doc=__doc__)
+    _suite.main(Echo, EchoBytes, Burn, Crash, echo, doc=__doc__)
 
 
 if __name__ == "__main__":
