@@ -143,7 +143,7 @@ class Server:
                    stderr: str, stderr_tail: int) -> None:
         self._sock = ours
         self._owner = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may run inside a locked wait
         self._reader = _wire.FrameReader(max_message_bytes, strict=False)
         self._buf = bytearray(_READ_SIZE)
         self._replies: list[list[Any]] = []
@@ -170,9 +170,13 @@ class Server:
         """Read what the server sent (waiting up to ``timeout`` s for something)."""
         if self.dead:
             return
+        fd = self._sock.fileno()
+        if fd < 0:  # closed: nothing more will come
+            self._died()
+            return
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(fd, select.POLLIN)
         if not poller.poll(ms):
             return
         try:
@@ -355,12 +359,15 @@ class Server:
         """End the server (its workers' groups go with it) and reap it."""
         if os.getpid() != self._owner:
             return  # a forked copy of the parent: the server is not ours to end
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # EOF for the server, whatever copies exist
-        except OSError:
-            pass
-        self._sock.close()
-        self.dead = True
+        # Under the lock: another thread may be reading the socket (a worker's exit
+        # status); it must never poll a closed (or reused) fd.
+        with self._lock:
+            self._died()
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # EOF for the server, whatever copies
+            except OSError:
+                pass
+            self._sock.close()
         try:
             self.popen.wait(grace)
         except subprocess.TimeoutExpired:
