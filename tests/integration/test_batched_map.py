@@ -150,8 +150,7 @@ def parent():
         counts = Counter(logs[phase])
         assert sorted(counts) == [phase * 10_000 + i for i in n], phase
         assert set(counts.values()) == {1}, [x for x, c in counts.items() if c > 1]
-    # Phase 3: results before the crash, then the crash of 77 is raised; the rest of
-    # 77's batch (78..109) never ran; nothing beyond the batches in flight ran.
+    # Phase 3: results before the crash, then the crash of 77 is raised.
     assert rec["raised"] == {
         "seen": [2 * (30_000 + i) for i in range(60, 77)],
         "error": ["WorkerCrashed", 30_077],
@@ -159,9 +158,10 @@ def parent():
     counts = Counter(logs[3])
     assert set(counts.values()) == {1}
     assert {30_000 + i for i in range(60, 78)} <= set(counts)
-    assert not {30_000 + i for i in range(78, 110)} & set(counts)
-    # How much the other worker ran meanwhile depends on how busy the machine is
-    # (it is bounded by the map's look-ahead, (2 x workers + 1) batches): not asserted.
+    # The rest of 77's batch goes to a fresh worker at once; the map raises when the
+    # consumer reaches 77 and drops what has not started. How much of it (and of the
+    # other worker's batches) started meanwhile depends on how busy the machine is:
+    # only that nothing ran twice (above) is asserted.
     assert rec["timeout"] == [expected(4, i) for i in range(500, 620)]
     assert rec["invalid"] == {"seen": [100_000, 100_002], "error": ["ValidationError", "abc"]}
     assert rec["invalid_kept"] == [100_000, 100_002, ["ValidationError", "abc"], 100_006]
