@@ -86,7 +86,10 @@ class _Server:
         self.zombies: set[int] = set()  # ended and reported, awaiting REAP
 
     def send(self, message: list[Any]) -> None:
-        _boot.write_all(self.sock.fileno(), _wire.encode_frame(message))
+        try:
+            _boot.write_all(self.sock.fileno(), _wire.encode_frame(message))
+        except OSError:  # the parent closed its end (it is closing, or gone): as EOF
+            self._quit()
 
     def run(self) -> bool:
         """Serve requests; True in a forked child (which must go on to serve)."""
