@@ -7,7 +7,8 @@
               `window` inputs pulled and not yet handed out)
       lend    free slots of the pool become Lanes (never jumping callers that wait)
       send    Lane.send(Run) -> one [BATCH, b, flags, payloads] frame per batch
-      wait    poll() over every lane's fd (and the nearest input deadline)
+      wait    poll() over every lane's fd and pidfd (and the nearest input deadline):
+              a worker dead while a process it forked holds its pipe is EOF too
       done    BatchDone -> send the lane its next Run first, then read the results
               (arena + inline) -> outcomes in input order -> yield
       crash   EOF -> which input ran (``Lane.finished``) -> it fails (WorkerCrashed),
@@ -211,7 +212,7 @@ class _Map:
 
     def _step(self) -> None:
         self._fill()
-        if any(lane.poll_fd() is not None for lane in self.lanes):
+        if any(lane.poll_fds() is not None for lane in self.lanes):
             self._wait(None)
         elif not self.lanes and (self.pending or not self.exhausted):
             self.lanes.append(Lane(self.d.acquire(), self.limit))  # waits its turn (FIFO)
@@ -316,21 +317,32 @@ class _Map:
     def _wait(self, cap: float | None) -> None:
         poller = select.poll()
         by_fd: dict[int, Lane] = {}
+        deaths: dict[int, Lane] = {}  # pidfds: readable once the worker has exited
         for lane in self.lanes:
-            fd = lane.poll_fd()
-            if fd is not None:
-                poller.register(fd, select.POLLIN)
-                by_fd[fd] = lane
+            fds = lane.poll_fds()
+            if fds is not None:
+                poller.register(fds[0], select.POLLIN)
+                by_fd[fds[0]] = lane
+                if fds[1] >= 0:
+                    poller.register(fds[1], select.POLLIN)
+                    deaths[fds[1]] = lane
         if not by_fd:
             return
         deadline = self._nearest_deadline()
         if cap is not None:
             deadline = cap if deadline is None else min(deadline, cap)
         ms = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        for fd, _ in poller.poll(ms):
-            lane = by_fd[fd]
-            if lane in self.lanes:
-                self._service(lane)
+        events = poller.poll(ms)
+        readable = {by_fd[fd] for fd, _ in events if fd in by_fd}
+        for fd, _ in events:
+            lane = by_fd.get(fd) or deaths[fd]
+            if lane not in self.lanes:
+                continue
+            if lane not in readable:
+                # Its worker died, and nothing is left to read, yet no EOF came: a
+                # process it forked holds the pipe. Ending the group brings the EOF.
+                lane.end_group()
+            self._service(lane)
         if self.timeout is not None:
             for lane in list(self.lanes):
                 if lane.sent is not None:

@@ -111,12 +111,19 @@ class Lane:
         """Handshake with a started worker (or start one): SpawnError, ClosedError."""
         self.slot.ready()
 
-    def poll_fd(self) -> int | None:
-        """The fd to wait on: replies of a running batch, or a starting worker's Hello."""
+    def poll_fds(self) -> tuple[int, int] | None:
+        """The fds to wait on: replies of a running batch (or a starting worker's
+        Hello), and the worker's pidfd (-1 where there is none)."""
         conn = slot_conn(self.slot)
         if conn is None or (self.sent is None and conn.ready):
             return None
-        return conn_fd(conn)
+        return conn_fds(conn)
+
+    def end_group(self) -> None:
+        """The worker exited: kill its process group (what it forked), so that EOF comes."""
+        conn = slot_conn(self.slot)
+        if conn is not None:
+            conn.kill()
 
     # -- sending -----------------------------------------------------------------
 
@@ -293,9 +300,9 @@ def slot_conn(slot: Slot) -> Conn | None:
     return slot._conn
 
 
-def conn_fd(conn: Conn) -> int:
-    """The fd the worker's replies arrive on (``Conn._r``)."""
-    return conn._r
+def conn_fds(conn: Conn) -> tuple[int, int]:
+    """The fd the worker's replies arrive on, and its pidfd (``Conn._r``, ``Conn._pidfd``)."""
+    return conn._r, conn._pidfd
 
 
 def conn_pump(conn: Conn) -> tuple[list[Any], bool]:

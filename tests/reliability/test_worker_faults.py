@@ -62,6 +62,18 @@ def fork_sleeper():
     note_sleeper(pid)
 
 
+def cfork_sleeper():
+    # fork(2) straight from C: no os.register_at_fork handler runs, so the child
+    # keeps the worker's channel fds (as a native library's helper would).
+    import ctypes
+
+    pid = ctypes.CDLL(None, use_errno=True).fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    note_sleeper(pid)
+
+
 def mp_sleeper():
     helper = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     helper.start()
@@ -109,6 +121,13 @@ def parent():
     with Process(Forker) as p:
         seen["mp"] = outcome(lambda: p.call("mp_sleeper(); segfault()", timeout=4))
         seen["after"] = outcome(lambda: p.call("pass", timeout=30))
+    # The batched map waits on the pipe too; with start="exec" no fork server ends
+    # the group of a worker that died, so only the pidfd can tell.
+    with ProcessPool(Forker, size=1, start="exec") as pool:
+        seen["map"] = [outcome(lambda: v) if not isinstance(v, Exception)
+                       else {"error": type(v).__name__, "signal": getattr(v, "signal", None)}
+                       for v in pool.map(["pass", "cfork_sleeper(); segfault()", "pass"],
+                                         chunksize=3, timeout=20, return_exceptions=True)]
     os.environ["SETUP"] = "fork_sleeper(); segfault()"
     seen["setup"] = outcome(lambda: Process(Forker, spawn_timeout=4) and 0)
     pids = [int(name) for name in os.listdir(sleepers)]
@@ -127,10 +146,13 @@ def test_crash_with_a_forked_descendant_alive_is_a_crash(run_script) -> None:
     assert seen["fds"] == {"value": 0}, seen
     for case in ("fork", "mp"):
         assert seen[case]["error"] == "WorkerCrashed" and seen[case]["signal"] == "SIGSEGV", seen
+    first, crashed, last = seen["map"]
+    assert "value" in first and "value" in last, seen
+    assert crashed == {"error": "WorkerCrashed", "signal": "SIGSEGV"}, seen
     assert "value" in seen["after"], seen
     assert seen["setup"]["error"] == "SpawnError", seen
     assert "killed by SIGSEGV" in seen["setup"]["text"], seen
-    assert seen["sleepers"] == 3 and seen["sleepers_dead"], seen
+    assert seen["sleepers"] == 4 and seen["sleepers_dead"], seen
 
 
 # -- 8, 17, 22. what run() raises, however large; bad per-call timeouts ---------
