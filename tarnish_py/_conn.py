@@ -277,9 +277,16 @@ class Conn:
         """SIGKILL the worker's process group (any thread; no-op once reaped)."""
         self.killed = True
         self.idle = False
-        with self._reap_lock:
+        # Never wait for the lock: its holder is reaping, and kills the group
+        # itself first. Waiting could deadlock a signal handler (close() on
+        # Ctrl-C) that interrupted finish() on this very thread.
+        if not self._reap_lock.acquire(blocking=False):
+            return
+        try:
             if self.returncode is None:
                 self._killpg()
+        finally:
+            self._reap_lock.release()
 
     def alive(self) -> bool:
         if self.returncode is not None:
