@@ -335,8 +335,12 @@ class Dispatcher:
     def call(self, value: Any, timeout: float | None) -> Any:
         if timeout is not None:
             check_call_timeout(timeout)
-        value = self._codec.validate_input(value)
-        payload = self._codec.dump_input(value)
+        codec = self._codec
+        if type(value) is codec.plain_in:  # validates to itself (``Codec.plain_in``)
+            payload = value
+        else:
+            value = codec.validate_input(value)
+            payload = codec.dump_input(value)
         token = _Waiter()
         slot: Slot | None = None
         try:
@@ -357,7 +361,7 @@ class Dispatcher:
         except BaseException:  # a Ctrl-C landed in it: finish, then let it through
             self.give_back(token)
             raise
-        return self._codec.decode_output(raw)
+        return raw if type(raw) is codec.plain_out else codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
         if timeout is not None:
