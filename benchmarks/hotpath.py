@@ -62,27 +62,35 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
     def add(side: str, step: str, fn: Callable[[], Any]) -> None:
         out.append((side, step, _best_us(fn, number, repeat)))
 
+    from tarnish_py._task import codec
+
+    c = codec(echo_cls)
+    packer = _protocol.Packer()
     try:
-        add("parent", "validate + dump input (TypeAdapter)",
+        add("parent", "validate + dump input (TypeAdapter, as before)",
             lambda: ta_in.dump_python(ta_in.validate_python(1)))
+        add("parent", "validate input (the validator itself; skipped for an exact int)",
+            lambda: c.validate_input(1))
         if dispatcher is not None:
             add("parent", "take + give back the slot (lock, round-robin)", dispatch)
-        add("parent", "msgpack pack [CALL, id, value]",
-            lambda: _wire.pack([_protocol.CALL, 12345, 1]))
+        add("parent", "msgpack pack [CALL, id, value] (reused Packer)",
+            lambda: packer.call(12345, 1))
         add("parent", "COBS encode + terminator", lambda: _wire.frame_packed(packed_call))
         add("both", "write + read syscalls of one message, no wake-up", syscalls)
         add("worker", "FrameReader.feed (slice, find, COBS decode, unpack)",
             lambda: reader.feed(buf[:n]))
-        add("worker", "validate input", lambda: ta_in.validate_python(1))
+        add("worker", "parse the call (_protocol.call_fields)",
+            lambda: _protocol.call_fields([_protocol.CALL, 12345, 1]))
         add("worker", "run()", lambda: instance.run(1))
-        add("worker", "validate + dump output",
-            lambda: ta_out.dump_python(ta_out.validate_python(1)))
-        add("worker", "msgpack pack [RESULT, id, value]",
-            lambda: _wire.pack([_protocol.RESULT, 12345, 1]))
+        add("worker", "validate output (the validator; skipped for an exact int)",
+            lambda: c.encode_output(1))
+        add("worker", "msgpack pack [RESULT, id, value] (reused Packer)",
+            lambda: packer.result(12345, 1))
         add("worker", "COBS encode + terminator", lambda: _wire.frame_packed(packed_result))
         add("parent", "FrameReader.feed of the reply",
             lambda: reader.feed(bytearray(frame_result)))
-        add("parent", "validate output", lambda: ta_out.validate_python(1))
+        add("parent", "parse the reply (_protocol.result_value)",
+            lambda: _protocol.result_value([_protocol.RESULT, 12345, 1], 12345))
     finally:
         os.close(r)
         os.close(w)

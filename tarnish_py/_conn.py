@@ -9,7 +9,9 @@
 Before each read the holder polls the worker's stdout together with a pidfd
 of the worker (Linux; elsewhere a periodic check of its exit): the worker's
 death is seen even when a process it forked still holds its end of the pipe,
-so that no EOF ever comes.
+so that no EOF ever comes. A call without a deadline waits in an epoll set
+registered once with both fds (``poll()`` would register them again on every
+call); one with a deadline uses ``poll()`` and its timeout.
 
 Only the thread that holds a Conn (the dispatcher guarantees one at a time)
 reads, writes, reaps and closes it. Any thread may :meth:`Conn.kill` it: that
@@ -107,10 +109,12 @@ class Conn:
         self._inbox: deque[Any] = deque()
         self._reap_lock = threading.Lock()
         self._pidfd = -1
+        self._wait_in: select.epoll | None = None
         stderr_fd = -1
         try:
             self._pidfd = _open_pidfd(self.pid)
             self._poll_in: select.poll | None = _reader_poll(self._r, self._pidfd)
+            self._wait_in = _reader_epoll(self._r, self._pidfd)
             # The pump takes its own copy of the fd and closes it when done.
             stderr_fd = os.dup(popen.stderr.fileno())
             pump = StderrPump(stderr_fd, self.pid, stderr, stderr_tail)
@@ -118,6 +122,8 @@ class Conn:
         except BaseException:
             if stderr_fd >= 0:
                 os.close(stderr_fd)  # the pump never ran: the fd is still ours
+            if self._wait_in is not None:
+                self._wait_in.close()
             if self._pidfd >= 0:
                 os.close(self._pidfd)
                 self._pidfd = -1
@@ -225,10 +231,10 @@ class Conn:
     def _next(self, deadline: float | None) -> Any:
         inbox = self._inbox
         while not inbox:
-            poll_in = self._poll_in
-            if deadline is None and poll_in is not None and self._pidfd >= 0:
-                # The hot path (no timeout), inlined: one poll, then the read.
-                events = poll_in.poll()
+            wait_in = self._wait_in
+            if deadline is None and wait_in is not None:
+                # The hot path (no timeout), inlined: one epoll_wait, then the read.
+                events = wait_in.poll(-1, 2)
                 if len(events) == 1 and events[0][0] == self._pidfd:
                     raise Eof  # dead, and nothing left to read
             else:
@@ -355,6 +361,9 @@ class Conn:
                     stream.close()
                 except OSError:
                     pass
+        if self._wait_in is not None:
+            wait_in, self._wait_in = self._wait_in, None
+            wait_in.close()
         if self._pidfd >= 0:
             pidfd, self._pidfd = self._pidfd, -1
             os.close(pidfd)
@@ -379,6 +388,22 @@ def _open_pidfd(pid: int) -> int:
         if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
             return -1  # an old kernel, a sandbox: fall back to checking its exit
         raise  # EMFILE and the like: the caller gives up this worker
+
+
+def _reader_epoll(r: int, pidfd: int) -> select.epoll | None:
+    """The blocking wait of a call without a deadline: the worker's stdout and its pidfd,
+    registered once (poll() registers both again on every call). None without epoll or
+    pidfd; the poll object then serves."""
+    if pidfd < 0 or not hasattr(select, "epoll"):
+        return None
+    wait_in = select.epoll(2)
+    try:
+        wait_in.register(r, select.EPOLLIN)
+        wait_in.register(pidfd, select.EPOLLIN)
+    except BaseException:
+        wait_in.close()
+        raise
+    return wait_in
 
 
 def _reader_poll(r: int, pidfd: int) -> select.poll:

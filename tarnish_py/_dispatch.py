@@ -68,6 +68,9 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_OPEN = _State.OPEN  # a module global: read on every call
+
+
 class _Waiter:
     """A synchronous caller's claim on a slot: granted (``slot``), or waiting (``lock``)."""
 
@@ -137,6 +140,7 @@ class Dispatcher:
         self._holders: list[object | None] = [None] * size
         self._left: set[int] = set()  # slots close() left to their holder to reap
         self._next = 0  # round-robin position
+        self._after = [(i + 1) % size for i in range(size)]  # the position after each slot
         self._state = _State.OPEN
         # Closing: the closer thread, the threads waiting for it, what it works on.
         self._closer: threading.Thread | None = None
@@ -182,15 +186,17 @@ class Dispatcher:
     def _acquire(self, token: _Waiter) -> Slot:
         """A slot for ``token``'s caller; the caller must give the token back."""
         with self._lock:
-            if self._state is not _State.OPEN:
+            if self._state is not _OPEN:
                 raise ClosedError("the handle is closed")
-            i = -1 if self._waiters else self._free_index()
+            i = self._next  # uncontended, the slot in turn is free: no search
+            if self._holders[i] is not None or self._waiters:
+                i = -1 if self._waiters else self._free_index()
             if i >= 0:
                 slot = self.slots[i]
                 slot.kill_reason = None
                 token.slot = slot
                 self._holders[i] = token
-                self._next = (i + 1) % len(self.slots)
+                self._next = self._after[i]
                 return slot
             lock = threading.Lock()
             lock.acquire()
@@ -281,6 +287,9 @@ class Dispatcher:
         job: _Job | None = None
         reap = False
         with self._lock:
+            if self._holders[i] is holder and not self._waiters and self._state is _OPEN:
+                self._holders[i] = None  # the common case: nobody waits, nothing to hand on
+                return None
             if self._holders[i] is holder:
                 if self._waiters and self._state is _State.OPEN:
                     self._grant_next(slot)
@@ -335,8 +344,12 @@ class Dispatcher:
     def call(self, value: Any, timeout: float | None) -> Any:
         if timeout is not None:
             check_call_timeout(timeout)
-        value = self._codec.validate_input(value)
-        payload = self._codec.dump_input(value)
+        codec = self._codec
+        if type(value) is codec.plain_in:  # validates to itself (``Codec.plain_in``)
+            payload = value
+        else:
+            value = codec.validate_input(value)
+            payload = codec.dump_input(value)
         token = _Waiter()
         slot: Slot | None = None
         try:
@@ -357,7 +370,7 @@ class Dispatcher:
         except BaseException:  # a Ctrl-C landed in it: finish, then let it through
             self.give_back(token)
             raise
-        return self._codec.decode_output(raw)
+        return raw if type(raw) is codec.plain_out else codec.decode_output(raw)
 
     def submit(self, value: Any, timeout: float | None) -> CallFuture:
         if timeout is not None:

@@ -46,6 +46,7 @@ __all__ = [
     "ERROR",
     "FATAL",
     "HELLO",
+    "NOT_RESULT",
     "PROTOCOL_VERSION",
     "RESTORE",
     "RESULT",
@@ -62,12 +63,14 @@ __all__ = [
     "Result",
     "Shutdown",
     "StateRequest",
+    "call_fields",
     "fatal_frame",
     "hello_frame",
     "parse_batch_reply",
     "parse_reply",
     "parse_request",
     "parse_startup",
+    "result_value",
     "shutdown_frame",
 ]
 
@@ -224,6 +227,27 @@ def parse_reply(message: list[Any], call_id: int) -> Reply:
     if len(message) == 5 and kind == ERROR and message[1] == call_id:
         return Error(call_id, str(message[2]), str(message[3]), str(message[4]))
     raise ProtocolError(f"unexpected reply to call {call_id}: {message!r:.200}")
+
+
+# The hot path of a call parses without building a record: a NamedTuple costs a
+# Python-level __new__, more than the rest of the parse.
+
+NOT_RESULT: Final[Any] = object()  # what result_value returns for any other reply
+
+
+def result_value(message: list[Any], call_id: int) -> Any:
+    """The value of a Result to call ``call_id``; NOT_RESULT for any other message
+    (:func:`parse_reply` then says what it is)."""
+    if len(message) == 3 and message[0] == RESULT and message[1] == call_id:
+        return message[2]
+    return NOT_RESULT
+
+
+def call_fields(message: list[Any]) -> tuple[int, Any] | None:
+    """(call_id, value) of a Call; None for any other request (:func:`parse_request`)."""
+    if message[0] == CALL and len(message) == 3:
+        return message[1], message[2]
+    return None
 
 
 def parse_request(message: list[Any]) -> Request:

@@ -49,6 +49,8 @@ from ._workerspec import WorkerSpec
 
 __all__ = ["Kill", "Slot"]
 
+_NOT_RESULT = _protocol.NOT_RESULT
+
 
 class Kill(enum.Enum):
     """Why another thread killed a slot's worker."""
@@ -220,7 +222,8 @@ class Slot:
         conn.idle = False  # until the whole reply is in: an interrupt leaves it False
         try:
             message = conn.request(_wire.frame_packed(packed), deadline)
-            reply = _protocol.parse_reply(message, call_id)
+            value = _protocol.result_value(message, call_id)
+            reply = _protocol.parse_reply(message, call_id) if value is _NOT_RESULT else None
         except Eof:
             raise self._lost(conn) from None
         except Deadline:
@@ -237,11 +240,11 @@ class Slot:
         conn.idle = True
         if self._recycler is not None:
             self._recycle_if_due(conn)
-        if type(reply) is _protocol.Result:
+        if reply is None:
             if keeper is not None:
-                return keeper.after(conn, kind, payload, reply.value)
-            return reply.value
-        assert isinstance(reply, _protocol.Error)
+                return keeper.after(conn, kind, payload, value)
+            return value
+        assert isinstance(reply, _protocol.Error)  # result_value took every Result
         error = task_error(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error

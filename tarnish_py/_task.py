@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import TypeAdapter
+from pydantic_core import SchemaValidator
 
 __all__ = [
     "Codec",
@@ -131,14 +132,19 @@ class Codec:
 
     __slots__ = (
         "decode_input", "encode_output", "encode_input", "decode_output",
-        "validate_input", "dump_input",
+        "validate_input", "dump_input", "plain_in", "plain_out",
     )
 
     def __init__(self, in_adapter: TypeAdapter[Any], out_adapter: TypeAdapter[Any],
                  types: tuple[Any, Any]) -> None:
         in_plain, out_plain = (tp in _PLAIN_TYPES for tp in types)
-        validate_in = in_adapter.validate_python
-        validate_out = out_adapter.validate_python
+        #: ``In`` when it is a plain type (else None): a value of exactly that type
+        #: validates to itself, so the hot paths skip the call (``type(v) is plain_in``).
+        self.plain_in: type | None = types[0] if in_plain else None
+        #: The same for ``Out``.
+        self.plain_out: type | None = types[1] if out_plain else None
+        validate_in = _validator(in_adapter)
+        validate_out = _validator(out_adapter)
         #: Worker: the raw payload of a call as the task's ``In``.
         self.decode_input: Callable[[Any], Any] = validate_in
         #: Parent: encode_input in two steps, to keep the validated input for errors.
@@ -158,6 +164,20 @@ class Codec:
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _validator(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:
+    """``adapter.validate_python``, without its Python wrapper once the schema is built.
+
+    The wrapper only passes its defaults on, and costs four times what the
+    validation of a small value does. A validator still waiting for a forward
+    reference (or wrapped by a pydantic plugin) keeps the wrapper, which
+    rebuilds or raises as pydantic does.
+    """
+    validator = adapter.validator
+    if type(validator) is SchemaValidator:
+        return validator.validate_python
+    return adapter.validate_python
 
 
 def _then(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:

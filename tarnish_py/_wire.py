@@ -285,14 +285,25 @@ def frame_packed(packed: bytes) -> bytes:
     return encoded + b"\x00"
 
 
+_cobs_decode: Final = cobs.decode
+_unpackb: Final = msgpack.unpackb
+
+
 def _decode_frame(encoded: bytes | bytearray) -> Any:
     try:
-        message = unpack(cobs.decode(encoded))
+        # unpack() inlined: this runs once per message on both sides.
+        message = _unpackb(
+            _cobs_decode(encoded),
+            ext_hook=_ext_hook,
+            strict_map_key=False,
+            raw=False,
+            unicode_errors="surrogatepass",
+        )
     except ProtocolError:
         raise
     except Exception as exc:  # cobs.DecodeError, msgpack's errors, bad ext payloads
         raise ProtocolError(f"undecodable frame of {len(encoded)} bytes: {exc}") from exc
-    if not isinstance(message, list) or not message or not isinstance(message[0], int):
+    if type(message) is not list or not message or not isinstance(message[0], int):
         raise ProtocolError(f"frame is not a message: {message!r:.200}")
     return message
 
@@ -337,9 +348,9 @@ class FrameReader:
         if not buf:
             # Fast path: one whole frame in one read (the common case for calls).
             end = data.find(b"\x00")
-            if end == len(data) - 1 and end > 0:
-                if end > self._limit:
-                    raise ProtocolError(self._too_long(end))
+            if end == len(data) - 1 and 0 < end <= self._limit:
+                if self.strict:
+                    return [_decode_frame(data[:end])]
                 return [self._decode(data[:end])]
         buf += data
         messages: list[Any] = []

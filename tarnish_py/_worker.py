@@ -145,6 +145,9 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
     packer = _protocol.Packer()
     decode_input = task_codec.decode_input
     encode_output = task_codec.encode_output
+    plain_in, plain_out = task_codec.plain_in, task_codec.plain_out
+    call_fields = _protocol.call_fields
+    frame_packed = _wire.frame_packed
     run = instance.run
     channel_in, channel_out = _boot.channel_in, _boot.channel_out
     while True:
@@ -155,25 +158,20 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
         if n == 0:
             _boot.parent_gone()
         for message in reader.feed(buf[:n]):
-            try:
-                request = _protocol.parse_request(message)
-            except Exception as exc:
-                _boot.fatal(str(exc))
-            if type(request) is not _protocol.Call:
-                if type(request) is _protocol.Batch:
-                    _batch_worker.run_batch(
-                        request, run, decode_input, encode_output, limit, _error
-                    )
-                    continue
-                if type(request) is not _protocol.StateRequest:
-                    _shutdown(instance)
-                # Snapshot, restore, or a call that also returns the state (SPEC §7).
-                reply = _state_reply(instance, request, task_codec, packer, limit)
-                _boot.write_all(channel_out, _wire.frame_packed(reply))
+            fields = call_fields(message)
+            if fields is None:
+                _other_request(instance, message, task_codec, packer, limit)
                 continue
-            call_id, value = request
+            call_id, value = fields
             try:
-                reply = packer.result(call_id, encode_output(run(decode_input(value))))
+                # A value of exactly a plain In or Out type validates to itself
+                # (``Codec.plain_in``): the validators run for anything else.
+                if type(value) is not plain_in:
+                    value = decode_input(value)
+                out = run(value)
+                if type(out) is not plain_out:
+                    out = encode_output(out)
+                reply = packer.result(call_id, out)
                 if len(reply) > limit:
                     raise ValueError(
                         f"the result takes {len(reply)} bytes, more than "
@@ -181,7 +179,35 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
                     )
             except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
                 reply = _protocol.error_packed(_error(call_id, exc), limit)
-            _boot.write_all(channel_out, _wire.frame_packed(reply))
+            frame = frame_packed(reply)
+            written = os.write(channel_out, frame)
+            if written != len(frame):  # a large frame: the rest
+                _boot.write_all(channel_out, memoryview(frame)[written:])
+
+
+def _other_request(
+    instance: Task[Any, Any],
+    message: list[Any],
+    task_codec: Codec,
+    packer: _protocol.Packer,
+    limit: int,
+) -> None:
+    """Anything but a Call: a batch, a state request (SPEC §7), or Shutdown."""
+    try:
+        request = _protocol.parse_request(message)
+    except Exception as exc:
+        _boot.fatal(str(exc))
+    if type(request) is _protocol.Batch:
+        _batch_worker.run_batch(
+            request, instance.run, task_codec.decode_input, task_codec.encode_output, limit,
+            _error,
+        )
+        return
+    if type(request) is not _protocol.StateRequest:
+        _shutdown(instance)
+    # Snapshot, restore, or a call that also returns the state (SPEC §7).
+    reply = _state_reply(instance, request, task_codec, packer, limit)
+    _boot.write_all(_boot.channel_out, _wire.frame_packed(reply))
 
 
 def _state_reply(
