@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from . import _protocol, _wire
+from . import _protocol, _segments, _wire
 from ._conn import BadMessage, Conn, Deadline, Eof, NotReady, Refused
 from ._errors import (
     ClosedError,
@@ -209,17 +209,25 @@ class Slot:
             kind = keeper.before(conn, kind, self.call, timeout)
         self._next_id += 1
         call_id = self._next_id
-        packed = self._pack.call(call_id, payload, kind)
-        if len(packed) > self._limit:
+        split = None
+        if type(payload) in _segments.CARRIERS:  # large bytes in it travel out of band
+            split = _segments.split(payload)
+        packed = self._pack.call(call_id, payload if split is None else split.value, kind)
+        size = len(packed) if split is None else len(packed) + split.size
+        if size > self._limit:
             raise ValueError(
-                f"the input takes {len(packed)} bytes, more than max_message_bytes "
+                f"the input takes {size} bytes, more than max_message_bytes "
                 f"({self._limit}); raise max_message_bytes or send less"
             )
         if self.kill_reason is not None:
             conn.kill()
         conn.idle = False  # until the whole reply is in: an interrupt leaves it False
         try:
-            message = conn.request(_wire.frame_packed(packed), deadline)
+            if split is None:
+                message = conn.request(_wire.frame_packed(packed), deadline)
+            else:
+                frame = _wire.envelope_frame(packed, split.lengths)
+                message = conn.request_segments(frame, split.buffers, deadline)
             reply = _protocol.parse_reply(message, call_id)
         except Eof:
             raise self._lost(conn) from None

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _snapshot, _wire
+from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _segments, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -154,7 +154,10 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             continue
         if n == 0:
             _boot.parent_gone()
-        for message in reader.feed(buf[:n]):
+        messages = reader.feed(buf[:n])
+        if not messages and reader.raw is not None:
+            messages = _read_segments(reader, channel_in)
+        for message in messages:
             try:
                 request = _protocol.parse_request(message)
             except Exception as exc:
@@ -172,16 +175,43 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
                 _boot.write_all(channel_out, _wire.frame_packed(reply))
                 continue
             call_id, value = request
+            split = None
             try:
-                reply = packer.result(call_id, encode_output(run(decode_input(value))))
-                if len(reply) > limit:
+                output = encode_output(run(decode_input(value)))
+                if type(output) in _segments.CARRIERS:  # large bytes travel out of band
+                    split = _segments.split(output)
+                reply = packer.result(call_id, output if split is None else split.value)
+                size = len(reply) if split is None else len(reply) + split.size
+                if size > limit:
                     raise ValueError(
-                        f"the result takes {len(reply)} bytes, more than "
+                        f"the result takes {size} bytes, more than "
                         f"max_message_bytes ({limit})"
                     )
             except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
+                split = None
                 reply = _protocol.error_packed(_error(call_id, exc), limit)
-            _boot.write_all(channel_out, _wire.frame_packed(reply))
+            if split is None:
+                _boot.write_all(channel_out, _wire.frame_packed(reply))
+            else:
+                frame = _wire.envelope_frame(reply, split.lengths)
+                _segments.write_all(channel_out, [frame, *split.buffers])
+
+
+def _read_segments(reader: _wire.FrameReader, channel_in: int) -> list[Any]:
+    """Read the segments a Call announced straight into their buffers; its message."""
+    while True:
+        views = reader.raw
+        if views is None:
+            return []
+        try:
+            n = os.readv(channel_in, views)
+        except InterruptedError:
+            continue
+        if n == 0:
+            _boot.parent_gone()
+        messages = reader.filled(n)
+        if messages:
+            return messages
 
 
 def _state_reply(
