@@ -171,8 +171,8 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
                 if type(request) is not _protocol.StateRequest:
                     _shutdown(instance)
                 # Snapshot, restore, or a call that also returns the state (SPEC §7).
-                reply = _state_reply(instance, request, task_codec, packer, limit)
-                _boot.write_all(channel_out, _wire.frame_packed(reply))
+                reply, split = _state_reply(instance, request, task_codec, packer, limit)
+                _write_reply(channel_out, reply, split)
                 continue
             call_id, value = request
             split = None
@@ -193,8 +193,7 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             if split is None:
                 _boot.write_all(channel_out, _wire.frame_packed(reply))
             else:
-                frame = _wire.envelope_frame(reply, split.lengths)
-                _segments.write_all(channel_out, [frame, *split.buffers])
+                _write_reply(channel_out, reply, split)
 
 
 def _read_segments(reader: _wire.FrameReader, channel_in: int) -> list[Any]:
@@ -220,18 +219,32 @@ def _state_reply(
     task_codec: Codec,
     packer: _protocol.Packer,
     limit: int,
-) -> bytes:
-    """The packed reply to a state request (``_snapshot.answer`` does the work)."""
+) -> tuple[bytes, _segments.Split | None]:
+    """The packed reply to a state request (``_snapshot.answer`` does the work), and
+    the segments of its large bytes."""
+    split = None
     try:
-        reply = packer.result(request.call_id, _snapshot.answer(instance, request, task_codec))
-        if len(reply) > limit:
-            raise ValueError(
-                f"the state takes {len(reply)} bytes, more than max_message_bytes ({limit})"
-            )
+        answer = _snapshot.answer(instance, request, task_codec)
+        if type(answer) in _segments.CARRIERS:
+            split = _segments.split(answer)
+        reply = packer.result(request.call_id, answer if split is None else split.value)
+        size = len(reply) if split is None else len(reply) + split.size
+        if size > limit:
+            raise ValueError(f"the state takes {size} bytes, more than max_message_bytes ({limit})")
     except BaseException as exc:  # any exception of a hook is a task error (SPEC §2)
         _snapshot.reply_failed()
+        split = None
         reply = _protocol.error_packed(_error(request.call_id, exc))
-    return reply
+    return reply, split
+
+
+def _write_reply(channel_out: int, reply: bytes, split: _segments.Split | None) -> None:
+    """Send a packed reply: one frame, or the envelope and the segments it announces."""
+    if split is None:
+        _boot.write_all(channel_out, _wire.frame_packed(reply))
+    else:
+        frame = _wire.envelope_frame(reply, split.lengths)
+        _segments.write_all(channel_out, [frame, *split.buffers])
 
 
 def _error(call_id: int, exc: BaseException) -> _protocol.Error:
