@@ -4,6 +4,9 @@
 
     Conn.request(frame) --os.write--> worker stdin     (non-blocking; poll for room)
                         <--os.readv-- worker stdout    (into one reused buffer)
+    Conn.request_segments(frame, segments)             (large bytes, ``_segments``)
+                        --os.writev-> frame + segments from the caller's buffers
+                        <--os.readv-- announced segments, straight into their bytes
     StderrPump thread   <--os.read--- worker stderr -> forwarded/captured/logged (_stderr)
 
 Before each read the holder polls the worker's stdout together with a pidfd

@@ -37,10 +37,13 @@ Pure: no I/O but :func:`write_all` (a blocking fd, the worker's side).
 
 from __future__ import annotations
 
+import datetime as _dt
+import decimal
 import os
 import sys
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -49,7 +52,7 @@ import msgpack
 from ._errors import ProtocolError
 
 __all__ = [
-    "CARRIERS",
+    "EARLY",
     "EXT_ENVELOPE",
     "EXT_SEGMENT",
     "MAX_SEGMENTS",
@@ -63,6 +66,8 @@ __all__ = [
     "resolve",
     "resolving",
     "split",
+    "split_early",
+    "split_packed",
     "write_all",
 ]
 
@@ -74,12 +79,22 @@ THRESHOLD: Final = 64 * 1024
 MAX_SEGMENTS: Final = 1000
 EXT_ENVELOPE: Final = 100
 EXT_SEGMENT: Final = 101
-#: Top-level types that may hold a large bytes-like. Anything else (an int, a str,
-#: None, a float) costs one set lookup and is never walked.
-CARRIERS: Final = frozenset({bytes, bytearray, memoryview, list, dict, tuple})
+#: A value of these types is looked at before it is packed (:func:`split_early`),
+#: so that a large bytes-like, or one in a model's dump, is never packed in band.
+#: Other containers are walked only once they are known to pack to THRESHOLD
+#: bytes or more (:func:`split_packed`): small messages, the tiny call, never are.
+EARLY: Final = frozenset({bytes, bytearray, memoryview, dict})
+_BYTES_LIKE: Final = frozenset({bytes, bytearray, memoryview})
+_CONTAINERS: Final = frozenset({list, dict, tuple})
 _BYTES: Final = (bytes, bytearray, memoryview)
-_SCALARS: Final = frozenset({int, str, float, bool, type(None)})
-_WALK_BUDGET: Final = 256  # containers and items a walk may visit before it gives up
+# What pydantic's python-mode dumps hold besides containers and bytes.
+_SCALARS: Final = frozenset(
+    {int, str, float, bool, type(None), _dt.datetime, _dt.date, _dt.time, _dt.timedelta,
+     decimal.Decimal, uuid.UUID}
+)
+#: Containers and their items a walk may look at before it gives up (then the value
+#: travels in band): what bounds its cost, to some 20 µs at worst.
+_WALK_BUDGET: Final = 256
 _MAX_DEPTH: Final = 32
 _IOV_MAX: Final = 1024
 
@@ -118,14 +133,25 @@ class _Walk:
         self.budget -= 1 + len(value)
         if self.budget < 0 or depth >= _MAX_DEPTH:
             raise _GiveUp
+        if set(map(type, value.values() if kind is dict else value)) <= _SCALARS:
+            return value  # a container of scalars only, seen in C
         if kind is dict:
-            items = value.items()
-            new = {k: self.visit(v, depth + 1) for k, v in items}
-            return new if any(new[k] is not v for k, v in items) else value
-        visited = [self.visit(v, depth + 1) for v in value]
-        if all(a is b for a, b in zip(visited, value, strict=False)):
+            changed: dict[Any, Any] | None = None
+            for key, item in value.items():
+                if type(item) not in _SCALARS and (new := self.visit(item, depth + 1)) is not item:
+                    if changed is None:
+                        changed = dict(value)
+                    changed[key] = new
+            return value if changed is None else changed
+        replaced: list[Any] | None = None
+        for i, item in enumerate(value):
+            if type(item) not in _SCALARS and (new := self.visit(item, depth + 1)) is not item:
+                if replaced is None:
+                    replaced = list(value)
+                replaced[i] = new
+        if replaced is None:
             return value
-        return visited if kind is list else tuple(visited)
+        return replaced if kind is list else tuple(replaced)
 
     def _bytes(self, value: Buffer) -> Any:
         if isinstance(value, memoryview):
@@ -155,6 +181,14 @@ def _contiguous(view: memoryview) -> Buffer:
 def split(value: Any) -> Split | None:
     """``value`` with its large bytes-likes taken out; None when it has none (or when
     it is too big a tree to walk cheaply: then it travels in band)."""
+    kind = type(value)
+    # The common small cases, without a walk: short bytes, a model's flat dict.
+    if kind is bytes or kind is bytearray:
+        if len(value) < THRESHOLD:
+            return None
+    elif kind is dict:
+        if len(value) < _WALK_BUDGET and set(map(type, value.values())) <= _SCALARS:
+            return None
     walk = _Walk()
     try:
         replaced = walk.visit(value, 0)
@@ -163,6 +197,24 @@ def split(value: Any) -> Split | None:
     if not walk.buffers:
         return None
     return Split(replaced, walk.buffers, walk.lengths, sum(walk.lengths))
+
+
+def split_early(value: Any) -> Split | None:
+    """Before packing (for a value of an EARLY type): :func:`split` of a bytes-like,
+    or of a dict that holds one directly; None for any other dict."""
+    if type(value) is dict and _BYTES_LIKE.isdisjoint(map(type, value.values())):
+        return None
+    return split(value)
+
+
+def split_packed(
+    value: Any, packed: bytes, pack: Callable[[Any], bytes]
+) -> tuple[bytes, Split | None]:
+    """``packed``: the message of ``value`` packed in band, THRESHOLD bytes or more.
+    If ``value`` is a container that holds large bytes-likes, the message packed
+    again with ``pack`` without them, and its split; else ``packed`` as it is."""
+    found = split(value) if type(value) in _CONTAINERS else None
+    return (packed, None) if found is None else (pack(found.value), found)
 
 
 def envelope(packed: bytes, lengths: list[int]) -> bytes:

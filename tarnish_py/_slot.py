@@ -209,10 +209,13 @@ class Slot:
             kind = keeper.before(conn, kind, self.call, timeout)
         self._next_id += 1
         call_id = self._next_id
-        split = None
-        if type(payload) in _segments.CARRIERS:  # large bytes in it travel out of band
-            split = _segments.split(payload)
+        # Large bytes travel out of band (``_segments``), the input's own before packing.
+        split = _segments.split_early(payload) if type(payload) in _segments.EARLY else None
         packed = self._pack.call(call_id, payload if split is None else split.value, kind)
+        if len(packed) >= _segments.THRESHOLD and split is None:
+            packed, split = _segments.split_packed(
+                payload, packed, lambda value: self._pack.call(call_id, value, kind)
+            )
         size = len(packed) if split is None else len(packed) + split.size
         if size > self._limit:
             raise ValueError(

@@ -6,6 +6,11 @@
                   --+ b"\\x00"--> pipe
     pipe --FrameReader.feed--> messages (lists) --> plain objects
 
+    large bytes (``_segments``): envelope_frame(packed, lengths) + raw segments
+    pipe --feed--> envelope seen (strict reader only) --> raw mode: the next
+         sum(lengths) bytes go into the segments (``raw`` / ``filled`` to read
+         them in place) --> the packed message, its references resolved
+
 What a message *means* is ``_protocol``'s business: this module only turns
 any value into a frame and back.
 

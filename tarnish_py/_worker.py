@@ -10,14 +10,17 @@
                                  (anything run() raises, BaseException included, is
                                  an Error, cut to fit max_message_bytes; a Batch of a
                                  map: ``_batch_worker.run_batch``) until
-                                 Shutdown (close(), exit 0) or EOF (parent gone)
+                                 Shutdown (close(), exit 0) or EOF (parent gone);
+                                 the large bytes of a Call or Result travel as raw
+                                 segments after their frame (``_segments``)
 
 Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
-``_wire``): nothing of the parent's side runs in a worker.
+``_wire``, ``_segments``): nothing of the parent's side runs in a worker.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -178,9 +181,13 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             split = None
             try:
                 output = encode_output(run(decode_input(value)))
-                if type(output) in _segments.CARRIERS:  # large bytes travel out of band
-                    split = _segments.split(output)
+                if type(output) in _segments.EARLY:  # large bytes travel out of band
+                    split = _segments.split_early(output)
                 reply = packer.result(call_id, output if split is None else split.value)
+                if len(reply) >= _segments.THRESHOLD and split is None:
+                    reply, split = _segments.split_packed(
+                        output, reply, functools.partial(packer.result, call_id)
+                    )
                 size = len(reply) if split is None else len(reply) + split.size
                 if size > limit:
                     raise ValueError(
@@ -225,9 +232,13 @@ def _state_reply(
     split = None
     try:
         answer = _snapshot.answer(instance, request, task_codec)
-        if type(answer) in _segments.CARRIERS:
-            split = _segments.split(answer)
+        if type(answer) in _segments.EARLY:
+            split = _segments.split_early(answer)
         reply = packer.result(request.call_id, answer if split is None else split.value)
+        if len(reply) >= _segments.THRESHOLD and split is None:
+            reply, split = _segments.split_packed(
+                answer, reply, functools.partial(packer.result, request.call_id)
+            )
         size = len(reply) if split is None else len(reply) + split.size
         if size > limit:
             raise ValueError(f"the state takes {size} bytes, more than max_message_bytes ({limit})")
