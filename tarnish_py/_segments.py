@@ -63,6 +63,7 @@ __all__ = [
     "announced",
     "consumed",
     "envelope",
+    "pack_large",
     "resolve",
     "resolving",
     "split",
@@ -215,6 +216,36 @@ def split_packed(
     again with ``pack`` without them, and its split; else ``packed`` as it is."""
     found = split(value) if type(value) in _CONTAINERS else None
     return (packed, None) if found is None else (pack(found.value), found)
+
+
+def pack_large(
+    pack: Callable[[Any], bytes],
+    value: Any,
+    packed: bytes | None,
+    limit: int,
+    what: str,
+    hint: str = "",
+) -> tuple[bytes, Split | None]:
+    """Pack the message of a value that may hold large bytes-likes (the slow path).
+
+    ``pack`` packs the message of a value; ``packed`` is the message already
+    packed in band, or None for a value of an EARLY type (looked at before
+    packing, so that a large bytes-like is never packed in band). Returns the
+    packed message and the split of its large bytes (None: all in band). A
+    ValueError when the message and its segments take more than ``limit``.
+    """
+    found = None
+    if packed is None:
+        found = split_early(value)
+        packed = pack(value if found is None else found.value)
+    if found is None and len(packed) >= THRESHOLD:
+        packed, found = split_packed(value, packed, pack)
+    size = len(packed) if found is None else len(packed) + found.size
+    if size > limit:
+        raise ValueError(
+            f"the {what} takes {size} bytes, more than max_message_bytes ({limit}){hint}"
+        )
+    return packed, found
 
 
 def envelope(packed: bytes, lengths: list[int]) -> bytes:

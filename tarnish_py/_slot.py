@@ -49,6 +49,8 @@ from ._workerspec import WorkerSpec
 
 __all__ = ["Kill", "Slot"]
 
+_EARLY = _segments.EARLY  # a global: read on every call
+
 
 class Kill(enum.Enum):
     """Why another thread killed a slot's worker."""
@@ -81,6 +83,8 @@ class Slot:
         self.call_pid: int | None = None  # the worker of the last call (for its errors)
         self._spec = spec
         self._limit = spec.settings.max_message_bytes
+        # A packed input this long may hold large bytes, or exceed the limit.
+        self._large = min(_segments.THRESHOLD, self._limit + 1)
         self._conn: Conn | None = None
         self._spawn_error: SpawnError | None = None
         self._starter: threading.Thread | None = None
@@ -209,19 +213,13 @@ class Slot:
             kind = keeper.before(conn, kind, self.call, timeout)
         self._next_id += 1
         call_id = self._next_id
-        # Large bytes travel out of band (``_segments``), the input's own before packing.
-        split = _segments.split_early(payload) if type(payload) in _segments.EARLY else None
-        packed = self._pack.call(call_id, payload if split is None else split.value, kind)
-        if len(packed) >= _segments.THRESHOLD and split is None:
-            packed, split = _segments.split_packed(
-                payload, packed, lambda value: self._pack.call(call_id, value, kind)
-            )
-        size = len(packed) if split is None else len(packed) + split.size
-        if size > self._limit:
-            raise ValueError(
-                f"the input takes {size} bytes, more than max_message_bytes "
-                f"({self._limit}); raise max_message_bytes or send less"
-            )
+        split = None
+        if type(payload) in _EARLY:  # bytes, a model's dict: may hold large bytes
+            packed, split = self._pack_large(call_id, payload, kind, None)
+        else:
+            packed = self._pack.call(call_id, payload, kind)
+            if len(packed) >= self._large:
+                packed, split = self._pack_large(call_id, payload, kind, packed)
         if self.kill_reason is not None:
             conn.kill()
         conn.idle = False  # until the whole reply is in: an interrupt leaves it False
@@ -256,6 +254,16 @@ class Slot:
         error = task_error(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error
+
+    def _pack_large(
+        self, call_id: int, payload: Any, kind: int, packed: bytes | None
+    ) -> tuple[bytes, _segments.Split | None]:
+        """A call whose input may hold large bytes: they travel out of band
+        (``_segments``). ValueError past max_message_bytes, segments counted."""
+        return _segments.pack_large(
+            lambda value: self._pack.call(call_id, value, kind), payload, packed,
+            self._limit, "input", "; raise max_message_bytes or send less",
+        )
 
     def _recycle_if_due(self, conn: Conn) -> None:
         """max_calls / max_memory (``_recycle``): retire a worker after its reply."""

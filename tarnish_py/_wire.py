@@ -318,6 +318,9 @@ def _decode_frame(encoded: bytes | bytearray, envelopes: bool = False) -> Any:
     return message
 
 
+_Envelope = _segments.Envelope  # a global: checked once per frame
+
+
 def _decode_inner(packed: bytes, segments: list[bytes]) -> Any:
     """The message an envelope carried, its references resolved to ``segments``."""
     try:
@@ -378,7 +381,7 @@ class FrameReader:
                 if end > self._limit:
                     raise ProtocolError(self._too_long(end))
                 message = self._decode(data[:end])
-                if type(message) is not _segments.Envelope:
+                if type(message) is not _Envelope:
                     return [message]
                 messages: list[Any] = []
                 self._open(message, b"", messages)
@@ -406,7 +409,7 @@ class FrameReader:
                 raise ProtocolError(self._too_long(end - start))
             if end > start:  # an empty frame (two zeros in a row) carries nothing
                 message = self._decode(buf[start:end])
-                if type(message) is _segments.Envelope:
+                if type(message) is _Envelope:
                     rest = buf[end + 1 :]
                     buf.clear()
                     self._scanned = 0

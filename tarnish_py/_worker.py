@@ -36,6 +36,7 @@ __all__ = ["main", "serve", "serve_importable"]
 
 R = TypeVar("R")
 
+_EARLY = _segments.EARLY  # a global: read on every call
 _MAX_TRACEBACK_FRAMES = 64
 _MAX_TEXT = 20_000
 
@@ -146,6 +147,7 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
     reader = _wire.FrameReader(limit)
     buf = bytearray(1 << 16)
     packer = _protocol.Packer()
+    large = min(_segments.THRESHOLD, limit + 1)  # a reply this long needs _pack_large
     decode_input = task_codec.decode_input
     encode_output = task_codec.encode_output
     run = instance.run
@@ -181,19 +183,12 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             split = None
             try:
                 output = encode_output(run(decode_input(value)))
-                if type(output) in _segments.EARLY:  # large bytes travel out of band
-                    split = _segments.split_early(output)
-                reply = packer.result(call_id, output if split is None else split.value)
-                if len(reply) >= _segments.THRESHOLD and split is None:
-                    reply, split = _segments.split_packed(
-                        output, reply, functools.partial(packer.result, call_id)
-                    )
-                size = len(reply) if split is None else len(reply) + split.size
-                if size > limit:
-                    raise ValueError(
-                        f"the result takes {size} bytes, more than "
-                        f"max_message_bytes ({limit})"
-                    )
+                if type(output) in _EARLY:  # bytes, a model's dict: large bytes out of band
+                    reply, split = _pack_large(packer, call_id, output, None, limit, "result")
+                else:
+                    reply = packer.result(call_id, output)
+                    if len(reply) >= large:
+                        reply, split = _pack_large(packer, call_id, output, reply, limit, "result")
             except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
                 split = None
                 reply = _protocol.error_packed(_error(call_id, exc), limit)
@@ -232,21 +227,23 @@ def _state_reply(
     split = None
     try:
         answer = _snapshot.answer(instance, request, task_codec)
-        if type(answer) in _segments.EARLY:
-            split = _segments.split_early(answer)
-        reply = packer.result(request.call_id, answer if split is None else split.value)
-        if len(reply) >= _segments.THRESHOLD and split is None:
-            reply, split = _segments.split_packed(
-                answer, reply, functools.partial(packer.result, request.call_id)
-            )
-        size = len(reply) if split is None else len(reply) + split.size
-        if size > limit:
-            raise ValueError(f"the state takes {size} bytes, more than max_message_bytes ({limit})")
+        packed = None if type(answer) in _EARLY else packer.result(request.call_id, answer)
+        reply, split = _pack_large(packer, request.call_id, answer, packed, limit, "state")
     except BaseException as exc:  # any exception of a hook is a task error (SPEC §2)
         _snapshot.reply_failed()
         split = None
         reply = _protocol.error_packed(_error(request.call_id, exc))
     return reply, split
+
+
+def _pack_large(
+    packer: _protocol.Packer, call_id: int, output: Any, packed: bytes | None, limit: int,
+    what: str,
+) -> tuple[bytes, _segments.Split | None]:
+    """A Result that may hold large bytes: they travel out of band (``_segments``).
+    ValueError past max_message_bytes, segments counted."""
+    pack = functools.partial(packer.result, call_id)
+    return _segments.pack_large(pack, output, packed, limit, what)
 
 
 def _write_reply(channel_out: int, reply: bytes, split: _segments.Split | None) -> None:

@@ -25,11 +25,13 @@ pytestmark = pytest.mark.timeout(60)
 def wire_bytes(message: list[Any]) -> bytes:
     """What a sender writes for ``message``: one frame, or an envelope and its segments."""
     kind, call_id, value = message
-    split = _segments.split_early(value) if type(value) in _segments.EARLY else None
-    packed = _wire.pack([kind, call_id, value if split is None else split.value])
-    if len(packed) >= T and split is None:
-        repack = lambda v: _wire.pack([kind, call_id, v])  # noqa: E731
-        packed, split = _segments.split_packed(value, packed, repack)
+    packed, split = _segments.pack_large(
+        lambda v: _wire.pack([kind, call_id, v]),
+        value,
+        None if type(value) in _segments.EARLY else _wire.pack(message),
+        MAX,
+        "value",
+    )
     if split is None:
         return _wire.frame_packed(packed)
     frame = _wire.envelope_frame(packed, split.lengths)
@@ -229,6 +231,21 @@ def test_the_inner_message_must_be_a_message() -> None:
     frame = _wire.envelope_frame(_wire.pack("not a message"), [2])
     with pytest.raises(ProtocolError, match="not a message"):
         _wire.FrameReader(MAX).feed(frame + b"ab")
+
+
+def test_pack_large_counts_the_segments_against_the_limit() -> None:
+    def pack(v: Any) -> bytes:
+        return _wire.pack([_protocol.RESULT, 1, v])
+
+    value = {"a": b"x" * T, "b": [b"y" * T]}
+    packed, split = _segments.pack_large(pack, value, None, 4 * T, "result")
+    assert split is not None and split.lengths == [T, T] and len(packed) < 100
+    with pytest.raises(ValueError, match=r"the result takes \d+ bytes, more than max_message"):
+        _segments.pack_large(pack, value, None, 2 * T, "result")
+    small = pack([1, 2])  # under the threshold: never walked, only checked
+    assert _segments.pack_large(pack, [1, 2], small, 100, "input") == (small, None)
+    with pytest.raises(ValueError, match="the input takes"):
+        _segments.pack_large(pack, [1, 2], small, 3, "input")
 
 
 def test_consumed_after_partial_writes() -> None:
