@@ -2,9 +2,13 @@
 
 ::
 
-    sender    split(value)     every bytes / bytearray / memoryview of at least
-                               THRESHOLD bytes (top level, or inside lists, dicts,
-                               tuples) -> a reference ext [EXT_SEGMENT: index]
+    sender    pack_large       a bytes-like, or a model's dict, before packing; any
+                               other value only once it packed to THRESHOLD bytes
+                               or more (small messages are never walked): every
+                               bytes / bytearray / memoryview of THRESHOLD bytes or
+                               more (top level, or in lists, dicts, tuples) -> a
+                               reference ext [EXT_SEGMENT: index]; the total,
+                               segments counted, checked against max_message_bytes
               envelope(packed) [EXT_ENVELOPE: [lengths, packed message]] -> one
                                small COBS frame (``_wire.envelope_frame``)
               writev           frame + segments in one system call, from the
@@ -12,17 +16,20 @@
     pipe      <frame announcing 3 MiB, 1 MiB><3 MiB raw><1 MiB raw><next frame>
     receiver  FrameReader      sees the envelope, checks len(message) + sum(lengths)
                                against max_message_bytes BEFORE allocating, then
-                               fills one bytearray per segment (Sink): bytes already
-                               buffered first, the rest read straight into place
-                               (``FrameReader.raw`` / ``filled``)
+                               fills one new bytes object per segment (Sink): bytes
+                               already buffered first, the rest read straight into
+                               place (``FrameReader.raw`` / ``filled``)
               resolving(segs)  the packed message is decoded; each reference ext
                                becomes its segment, as bytes
 
-Why raw pipe segments and not shared memory: the bytes cross the pipe once
-each way in the kernel (the same copy count as a memfd the sender fills and
-the receiver reads), with nothing to create, map, name, or clean up: a worker
-or parent SIGKILLed mid-transfer leaves only a pipe that closes with its
-process, so no segment can outlive its call. COBS and msgpack never see the
+Why raw pipe segments and not shared memory: the kernel copies the bytes
+into the pipe and out of it, and the receiver's copy lands in the very bytes
+object it returns. A memfd would save one kernel copy but add a user-space
+one (a bytes value cannot live in a mapping), plus a create, a map and an
+unmap per call, and the question of who closes it when either side is
+SIGKILLed mid-call. Here there is nothing to create, name or clean up: a
+transfer cut short leaves only a pipe that closes with its process, so no
+segment can outlive its call. COBS and msgpack never see the
 megabytes: the frame carries their lengths, and a reader takes the next
 ``sum(lengths)`` bytes as they are, which is safe because it knows how many
 to take before the first arrives.

@@ -248,6 +248,20 @@ class DiesMidReply(Task[int, int]):
         return 0
 
 
+def interrupted_call(p):
+    # Ctrl-C in the caller while its input is half written.
+    worker = p.pid
+    os.kill(worker, signal.SIGSTOP)
+    main = threading.get_ident()
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    try:
+        p.call(os.urandom(64 << 20))
+        seen = {"error": None}
+    except KeyboardInterrupt:
+        seen = {"error": "KeyboardInterrupt"}
+    return dict(seen, old_dead=wait_dead(worker, 5.0))
+
+
 def parent():
     with Process(DiesMidReply) as p:
         worker = p.pid
@@ -257,8 +271,8 @@ def parent():
         data = os.urandom(2 * T)
         fds = None
         seen = {}
-        for how in ("kill", "timeout", "kill"):
-            seen[how] = stalled_call(p, how)
+        for how in ("kill", "timeout", "interrupt", "kill"):
+            seen[how] = interrupted_call(p) if how == "interrupt" else stalled_call(p, how)
             seen[how]["next"] = p.call(data) == data
             if fds is None:
                 fds = open_fds()
@@ -273,6 +287,9 @@ def test_a_transfer_to_a_worker_cut_short_leaves_nothing_half_done(run_script) -
     assert timeout["error"] == "TaskTimeout", seen
     for case in (kill, timeout):
         assert case["stuck"] and case["old_dead"] and case["next"], seen
+    interrupt = seen["interrupt"]
+    assert interrupt["error"] == "KeyboardInterrupt", seen
+    assert interrupt["old_dead"] and interrupt["next"], seen
     # The other way: a worker killed while its reply's segments come in.
     assert died["error"] == "WorkerCrashed" and "SIGKILL" in died["text"], seen
     assert died["old_dead"] and died["next"], seen
