@@ -4,6 +4,9 @@
 
     Conn.request(frame) --os.write--> worker stdin     (non-blocking; poll for room)
                         <--os.readv-- worker stdout    (into one reused buffer)
+    Conn.request_segments(frame, segments)             (large bytes, ``_segments``)
+                        --os.writev-> frame + segments from the caller's buffers
+                        <--os.readv-- announced segments, straight into their bytes
     StderrPump thread   <--os.read--- worker stderr -> forwarded/captured/logged (_stderr)
 
 Before each read the holder polls the worker's stdout together with a pidfd
@@ -35,7 +38,7 @@ import time
 from collections import deque
 from typing import Any
 
-from . import _protocol, _wire
+from . import _protocol, _segments, _wire
 from ._errors import ProtocolError
 from ._stderr import StderrPump
 from ._watchdog import watchdog
@@ -43,6 +46,7 @@ from ._watchdog import watchdog
 __all__ = ["BadMessage", "Conn", "Deadline", "Eof", "NotReady", "Refused"]
 
 _READ_SIZE = 1 << 18
+_IOV_MAX = 1024  # Linux: the most buffers one writev takes
 _MAX_POLL_MS = 2**31 - 1
 _EXIT_CHECK = 0.1  # without a pidfd: how often a blocked read checks that the worker lives
 _EXIT_GRACE = 2.0  # after EOF, how long a worker may take to finish dying
@@ -244,12 +248,67 @@ class Conn:
                 raise Eof
             try:
                 messages = self._reader.feed(self._buf[:n])
+                if not messages and self._reader.raw is not None:
+                    messages = self._read_segments(deadline)
             except ProtocolError as exc:
                 raise BadMessage(str(exc)) from exc
             if len(messages) == 1 and not inbox:
                 return messages[0]
             inbox.extend(messages)
         return inbox.popleft()
+
+    # -- large values out of band (``_segments``) ---------------------------
+
+    def request_segments(
+        self, frame: bytes, segments: list[_segments.Buffer], deadline: float | None
+    ) -> Any:
+        """Send a frame and the raw segments it announces, return the next message."""
+        views = [memoryview(frame), *(memoryview(s) for s in segments)]
+        poller: select.poll | None = None
+        while True:
+            try:
+                n = os.writev(self._w, views[:_IOV_MAX])
+            except BlockingIOError:
+                n = 0
+            except (BrokenPipeError, ConnectionResetError):
+                raise Eof from None
+            views = _segments.consumed(views, n)
+            if not views:
+                return self._next(deadline)
+            if poller is None:
+                poller = select.poll()
+                poller.register(self._w, select.POLLOUT)
+                if self._pidfd >= 0:
+                    poller.register(self._pidfd, select.POLLIN)
+            self._await_room(poller, deadline)
+
+    def _await_room(self, poller: select.poll, deadline: float | None) -> None:
+        """Return when the worker's stdin has room; Deadline, or Eof if it died."""
+        while True:
+            events = poller.poll(_poll_ms(deadline, self._pidfd < 0))
+            if events:
+                if all(fd == self._pidfd for fd, _ in events):
+                    raise Eof
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Deadline
+            if not self.alive():
+                raise Eof
+
+    def _read_segments(self, deadline: float | None) -> list[Any]:
+        """Read the announced segments straight into their buffers; the message."""
+        reader = self._reader
+        while True:
+            views = reader.raw
+            if views is None:
+                return []
+            self._await_readable(deadline)
+            n = os.readv(self._r, views)
+            if n == 0:
+                raise Eof
+            messages = reader.filled(n)
+            if messages:
+                return messages
 
     def _await_readable(self, deadline: float | None) -> None:
         """Return when the worker's stdout has bytes or EOF; raise Deadline, or Eof

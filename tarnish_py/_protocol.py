@@ -15,11 +15,14 @@
     worker -> parent   BatchItem / BatchDone / ArenaInfo   its replies (``_batch_worker``)
 
 On the wire each is a msgpack array ``[KIND, *fields]`` in one COBS frame
-(``_wire``). The worker writes one extra 0x00 before Hello so that anything a
-program wrote to stdout before it could move fd 1 away ends in a frame of its
-own, which the parent treats as noise. Hello and Fatal carry the random token
-the parent put in this worker's environment marker: bytes a program wrote
-before it imported tarnish_py cannot know it, so noise never passes for either.
+(``_wire``); a Call, StateRequest or Result whose value holds large bytes is
+that array packed with references, in an envelope frame followed by the bytes
+raw (``_segments``: the slot and the worker loop split it; batches never do).
+The worker writes one extra 0x00 before Hello so that anything a program
+wrote to stdout before it could move fd 1 away ends in a frame of its own,
+which the parent treats as noise. Hello and Fatal carry the random token the
+parent put in this worker's environment marker: bytes a program wrote before
+it imported tarnish_py cannot know it, so noise never passes for either.
 
 Builders return frames (or packed bytes, for the size check against
 ``max_message_bytes``); parsers take what ``FrameReader`` yields and return the

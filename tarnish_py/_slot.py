@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from . import _protocol, _wire
+from . import _protocol, _segments, _wire
 from ._conn import BadMessage, Conn, Deadline, Eof, NotReady, Refused
 from ._errors import (
     ClosedError,
@@ -50,6 +50,7 @@ from ._workerspec import WorkerSpec
 __all__ = ["Kill", "Slot"]
 
 _NOT_RESULT = _protocol.NOT_RESULT
+_EARLY = _segments.EARLY  # a global: read on every call
 
 
 class Kill(enum.Enum):
@@ -83,6 +84,8 @@ class Slot:
         self.call_pid: int | None = None  # the worker of the last call (for its errors)
         self._spec = spec
         self._limit = spec.settings.max_message_bytes
+        # A packed input this long may hold large bytes, or exceed the limit.
+        self._large = min(_segments.THRESHOLD, self._limit + 1)
         self._conn: Conn | None = None
         self._spawn_error: SpawnError | None = None
         self._starter: threading.Thread | None = None
@@ -211,17 +214,22 @@ class Slot:
             kind = keeper.before(conn, kind, self.call, timeout)
         self._next_id += 1
         call_id = self._next_id
-        packed = self._pack.call(call_id, payload, kind)
-        if len(packed) > self._limit:
-            raise ValueError(
-                f"the input takes {len(packed)} bytes, more than max_message_bytes "
-                f"({self._limit}); raise max_message_bytes or send less"
-            )
+        split = None
+        if type(payload) in _EARLY:  # bytes, a model's dict: may hold large bytes
+            packed, split = self._pack_large(call_id, payload, kind, None)
+        else:
+            packed = self._pack.call(call_id, payload, kind)
+            if len(packed) >= self._large:
+                packed, split = self._pack_large(call_id, payload, kind, packed)
         if self.kill_reason is not None:
             conn.kill()
         conn.idle = False  # until the whole reply is in: an interrupt leaves it False
         try:
-            message = conn.request(_wire.frame_packed(packed), deadline)
+            if split is None:
+                message = conn.request(_wire.frame_packed(packed), deadline)
+            else:
+                frame = _wire.envelope_frame(packed, split.lengths)
+                message = conn.request_segments(frame, split.buffers, deadline)
             value = _protocol.result_value(message, call_id)
             reply = _protocol.parse_reply(message, call_id) if value is _NOT_RESULT else None
         except Eof:
@@ -248,6 +256,16 @@ class Slot:
         error = task_error(reply.type_name, reply.message, reply.traceback)
         error.__cause__ = _RemoteTraceback(reply.traceback)
         raise error
+
+    def _pack_large(
+        self, call_id: int, payload: Any, kind: int, packed: bytes | None
+    ) -> tuple[bytes, _segments.Split | None]:
+        """A call whose input may hold large bytes: they travel out of band
+        (``_segments``). ValueError past max_message_bytes, segments counted."""
+        return _segments.pack_large(
+            lambda value: self._pack.call(call_id, value, kind), payload, packed,
+            self._limit, "input", "; raise max_message_bytes or send less",
+        )
 
     def _recycle_if_due(self, conn: Conn) -> None:
         """max_calls / max_memory (``_recycle``): retire a worker after its reply."""

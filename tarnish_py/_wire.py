@@ -6,6 +6,11 @@
                   --+ b"\\x00"--> pipe
     pipe --FrameReader.feed--> messages (lists) --> plain objects
 
+    large bytes (``_segments``): envelope_frame(packed, lengths) + raw segments
+    pipe --feed--> envelope seen (strict reader only) --> raw mode: the next
+         sum(lengths) bytes go into the segments (``raw`` / ``filled`` to read
+         them in place) --> the packed message, its references resolved
+
 What a message *means* is ``_protocol``'s business: this module only turns
 any value into a frame and back.
 
@@ -30,6 +35,7 @@ from typing import Any, Final
 import msgpack
 from cobs import cobs
 
+from . import _segments
 from ._errors import ProtocolError
 
 if not getattr(cobs, "_using_extension", True):  # pragma: no cover - depends on the wheel
@@ -39,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "FrameReader",
     "encode_frame",
+    "envelope_frame",
     "frame_limit",
     "frame_packed",
     "pack",
@@ -265,6 +272,7 @@ _DECODERS: Final[dict[int, Callable[[bytes], Any]]] = {
     _EXT_ZONED_DATETIME: _zoned_datetime,
     _EXT_OFFSET_DATETIME: _with_offset(_dt.datetime.fromisoformat),
     _EXT_OFFSET_TIME: _with_offset(_dt.time.fromisoformat),
+    _segments.EXT_SEGMENT: _segments.resolve,  # inside an envelope only (_segments)
 }
 
 
@@ -289,21 +297,51 @@ _cobs_decode: Final = cobs.decode
 _unpackb: Final = msgpack.unpackb
 
 
-def _decode_frame(encoded: bytes | bytearray) -> Any:
+def envelope_frame(packed: bytes, lengths: list[int]) -> bytes:
+    """The frame announcing the segments of a message packed with references to them
+    (``_segments.split``); the segments follow it on the pipe, raw."""
+    return frame_packed(_segments.envelope(packed, lengths))
+
+
+def _decode_frame(encoded: bytes | bytearray, envelopes: bool = False) -> Any:
+    data = b""
     try:
+        data = _cobs_decode(encoded)
         # unpack() inlined: this runs once per message on both sides.
         message = _unpackb(
-            _cobs_decode(encoded),
+            data,
             ext_hook=_ext_hook,
             strict_map_key=False,
             raw=False,
             unicode_errors="surrogatepass",
         )
     except ProtocolError:
+        # An envelope is an ext at the top, which unpack refuses: only a strict
+        # reader looks for one (``_segments``).
+        announced = _segments.announced(data) if envelopes else None
+        if announced is not None:
+            return announced
         raise
     except Exception as exc:  # cobs.DecodeError, msgpack's errors, bad ext payloads
         raise ProtocolError(f"undecodable frame of {len(encoded)} bytes: {exc}") from exc
     if type(message) is not list or not message or not isinstance(message[0], int):
+        raise ProtocolError(f"frame is not a message: {message!r:.200}")
+    return message
+
+
+_Envelope = _segments.Envelope  # a global: checked once per frame
+
+
+def _decode_inner(packed: bytes, segments: list[bytes]) -> Any:
+    """The message an envelope carried, its references resolved to ``segments``."""
+    try:
+        with _segments.resolving(segments):
+            message = unpack(packed)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"undecodable message of {len(packed)} bytes: {exc}") from exc
+    if not isinstance(message, list) or not message or not isinstance(message[0], int):
         raise ProtocolError(f"frame is not a message: {message!r:.200}")
     return message
 
@@ -321,7 +359,7 @@ class FrameReader:
     ([], [[2, 7, 'hi']])
     """
 
-    __slots__ = ("_buf", "_limit", "_scanned", "strict")
+    __slots__ = ("_buf", "_limit", "_max", "_scanned", "_sink", "strict")
 
     def __init__(
         self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, strict: bool = True
@@ -329,6 +367,8 @@ class FrameReader:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
         self._limit = frame_limit(max_message_bytes)
+        self._max = max_message_bytes
+        self._sink: _segments.Sink | None = None  # segments announced, not all in yet
         #: False until the handshake: an undecodable frame is then returned as its
         #: raw bytes (stdout noise of a program starting up) instead of raising.
         self.strict = strict
@@ -345,15 +385,32 @@ class FrameReader:
         if isinstance(data, memoryview):
             data = data.tobytes()
         buf = self._buf
-        if not buf:
+        if not buf and self._sink is None:
             # Fast path: one whole frame in one read (the common case for calls).
             end = data.find(b"\x00")
             if end == len(data) - 1 and 0 < end <= self._limit:
                 if self.strict:
-                    return [_decode_frame(data[:end])]
-                return [self._decode(data[:end])]
+                    message = _decode_frame(data[:end], True)
+                else:
+                    message = self._decode(data[:end])
+                if type(message) is not _Envelope:
+                    return [message]
+                messages: list[Any] = []
+                self._open(message, b"", messages)
+                return messages
+        messages = []
+        while data:  # frames, then (after an envelope) raw segments, then frames ...
+            if self._sink is None:
+                data = self._frames(data, messages)
+            else:
+                data = self._fill(data, messages)
+        return messages
+
+    def _frames(self, data: bytes | bytearray, messages: list[Any]) -> bytes | bytearray:
+        """Decode the frames ``data`` completes into ``messages``; the bytes after an
+        envelope (its segments), which are not frames, are returned."""
+        buf = self._buf
         buf += data
-        messages: list[Any] = []
         start = 0
         scan = self._scanned
         while True:
@@ -363,18 +420,68 @@ class FrameReader:
             if end - start > self._limit:
                 raise ProtocolError(self._too_long(end - start))
             if end > start:  # an empty frame (two zeros in a row) carries nothing
-                messages.append(self._decode(buf[start:end]))
+                message = self._decode(buf[start:end])
+                if type(message) is _Envelope:
+                    rest = buf[end + 1 :]
+                    buf.clear()
+                    self._scanned = 0
+                    return self._open(message, rest, messages)
+                messages.append(message)
             start = scan = end + 1
         if start:
             del buf[:start]
         self._scanned = len(buf)
         if len(buf) > self._limit:
             raise ProtocolError(self._too_long(len(buf)))
-        return messages
+        return b""
+
+    # -- raw mode: the segments an envelope announced (``_segments``) ----------
+
+    @property
+    def raw(self) -> list[memoryview] | None:
+        """Where the next bytes go while announced segments are not all in (read
+        into these buffers, then call :meth:`filled`); None between frames."""
+        sink = self._sink
+        return None if sink is None else sink.views()
+
+    def filled(self, n: int) -> list[Any]:
+        """``n`` bytes were read into :attr:`raw`: the envelope's message once whole."""
+        sink = self._sink
+        assert sink is not None
+        sink.advance(n)
+        return [self._finish()] if sink.done else []
+
+    def _open(
+        self, envelope: _segments.Envelope, rest: bytes | bytearray, messages: list[Any]
+    ) -> bytes | bytearray:
+        # Checked before a byte is allocated: a worker announcing 10 GiB gets nothing.
+        if envelope.size > self._max:
+            raise ProtocolError(
+                f"a message announcing {envelope.size} bytes exceeds max_message_bytes "
+                f"({self._max})"
+            )
+        self._sink = _segments.Sink(envelope)
+        return self._fill(rest, messages)
+
+    def _fill(self, data: bytes | bytearray, messages: list[Any]) -> bytes | bytearray:
+        """Copy ``data`` into the segments; once all are in, their message goes to
+        ``messages`` and the bytes after them are returned."""
+        sink = self._sink
+        assert sink is not None
+        taken = sink.take(data)
+        if not sink.done:
+            return b""
+        messages.append(self._finish())
+        return data[taken:]
+
+    def _finish(self) -> Any:
+        sink, self._sink = self._sink, None
+        assert sink is not None
+        return _decode_inner(sink.envelope.packed, sink.segments())
 
     def _decode(self, encoded: bytes | bytearray) -> Any:
         if self.strict:
-            return _decode_frame(encoded)
+            return _decode_frame(encoded, True)
         try:
             return _decode_frame(encoded)
         except ProtocolError:

@@ -10,14 +10,17 @@
                                  (anything run() raises, BaseException included, is
                                  an Error, cut to fit max_message_bytes; a Batch of a
                                  map: ``_batch_worker.run_batch``) until
-                                 Shutdown (close(), exit 0) or EOF (parent gone)
+                                 Shutdown (close(), exit 0) or EOF (parent gone);
+                                 the large bytes of a Call or Result travel as raw
+                                 segments after their frame (``_segments``)
 
 Imports only the layers below it (``_boot``, ``_protocol``, ``_task``,
-``_wire``): nothing of the parent's side runs in a worker.
+``_wire``, ``_segments``): nothing of the parent's side runs in a worker.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -26,13 +29,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _snapshot, _wire
+from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _segments, _snapshot, _wire
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
 
 R = TypeVar("R")
 
+_EARLY = _segments.EARLY  # a global: read on every call
 _MAX_TRACEBACK_FRAMES = 64
 _MAX_TEXT = 20_000
 
@@ -143,6 +147,7 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
     reader = _wire.FrameReader(limit)
     buf = bytearray(1 << 16)
     packer = _protocol.Packer()
+    large = min(_segments.THRESHOLD, limit + 1)  # a reply this long needs _pack_large
     decode_input = task_codec.decode_input
     encode_output = task_codec.encode_output
     plain_in, plain_out = task_codec.plain_in, task_codec.plain_out
@@ -157,12 +162,16 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
             continue
         if n == 0:
             _boot.parent_gone()
-        for message in reader.feed(buf[:n]):
+        messages = reader.feed(buf[:n])
+        if not messages and reader.raw is not None:
+            messages = _read_segments(reader, channel_in)
+        for message in messages:
             fields = call_fields(message)
             if fields is None:
                 _other_request(instance, message, task_codec, packer, limit)
                 continue
             call_id, value = fields
+            split = None
             try:
                 # A value of exactly a plain In or Out type validates to itself
                 # (``Codec.plain_in``): the validators run for anything else.
@@ -171,18 +180,39 @@ def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
                 out = run(value)
                 if type(out) is not plain_out:
                     out = encode_output(out)
-                reply = packer.result(call_id, out)
-                if len(reply) > limit:
-                    raise ValueError(
-                        f"the result takes {len(reply)} bytes, more than "
-                        f"max_message_bytes ({limit})"
-                    )
+                if type(out) in _EARLY:  # bytes, a model's dict: large bytes out of band
+                    reply, split = _pack_large(packer, call_id, out, None, limit, "result")
+                else:
+                    reply = packer.result(call_id, out)
+                    if len(reply) >= large:
+                        reply, split = _pack_large(packer, call_id, out, reply, limit, "result")
             except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
+                split = None
                 reply = _protocol.error_packed(_error(call_id, exc), limit)
+            if split is not None:
+                _write_reply(channel_out, reply, split)
+                continue
             frame = frame_packed(reply)
             written = os.write(channel_out, frame)
             if written != len(frame):  # a large frame: the rest
                 _boot.write_all(channel_out, memoryview(frame)[written:])
+
+
+def _read_segments(reader: _wire.FrameReader, channel_in: int) -> list[Any]:
+    """Read the segments a Call announced straight into their buffers; its message."""
+    while True:
+        views = reader.raw
+        if views is None:
+            return []
+        try:
+            n = os.readv(channel_in, views)
+        except InterruptedError:
+            continue
+        if n == 0:
+            _boot.parent_gone()
+        messages = reader.filled(n)
+        if messages:
+            return messages
 
 
 def _other_request(
@@ -206,8 +236,8 @@ def _other_request(
     if type(request) is not _protocol.StateRequest:
         _shutdown(instance)
     # Snapshot, restore, or a call that also returns the state (SPEC §7).
-    reply = _state_reply(instance, request, task_codec, packer, limit)
-    _boot.write_all(_boot.channel_out, _wire.frame_packed(reply))
+    reply, split = _state_reply(instance, request, task_codec, packer, limit)
+    _write_reply(_boot.channel_out, reply, split)
 
 
 def _state_reply(
@@ -216,18 +246,38 @@ def _state_reply(
     task_codec: Codec,
     packer: _protocol.Packer,
     limit: int,
-) -> bytes:
-    """The packed reply to a state request (``_snapshot.answer`` does the work)."""
+) -> tuple[bytes, _segments.Split | None]:
+    """The packed reply to a state request (``_snapshot.answer`` does the work), and
+    the segments of its large bytes."""
+    split = None
     try:
-        reply = packer.result(request.call_id, _snapshot.answer(instance, request, task_codec))
-        if len(reply) > limit:
-            raise ValueError(
-                f"the state takes {len(reply)} bytes, more than max_message_bytes ({limit})"
-            )
+        answer = _snapshot.answer(instance, request, task_codec)
+        packed = None if type(answer) in _EARLY else packer.result(request.call_id, answer)
+        reply, split = _pack_large(packer, request.call_id, answer, packed, limit, "state")
     except BaseException as exc:  # any exception of a hook is a task error (SPEC §2)
         _snapshot.reply_failed()
+        split = None
         reply = _protocol.error_packed(_error(request.call_id, exc))
-    return reply
+    return reply, split
+
+
+def _pack_large(
+    packer: _protocol.Packer, call_id: int, output: Any, packed: bytes | None, limit: int,
+    what: str,
+) -> tuple[bytes, _segments.Split | None]:
+    """A Result that may hold large bytes: they travel out of band (``_segments``).
+    ValueError past max_message_bytes, segments counted."""
+    pack = functools.partial(packer.result, call_id)
+    return _segments.pack_large(pack, output, packed, limit, what)
+
+
+def _write_reply(channel_out: int, reply: bytes, split: _segments.Split | None) -> None:
+    """Send a packed reply: one frame, or the envelope and the segments it announces."""
+    if split is None:
+        _boot.write_all(channel_out, _wire.frame_packed(reply))
+    else:
+        frame = _wire.envelope_frame(reply, split.lengths)
+        _segments.write_all(channel_out, [frame, *split.buffers])
 
 
 def _error(call_id: int, exc: BaseException) -> _protocol.Error:

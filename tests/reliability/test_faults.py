@@ -27,6 +27,13 @@ if __name__ == "__main__":
 # -- a worker that breaks the channel ------------------------------------------
 
 BREAKER = """
+import msgpack
+
+
+def envelope(message, lengths):
+    return _wire.envelope_frame(_wire.pack(message), lengths)
+
+
 class Breaker(Task[str, int]):
     def run(self, how: str) -> int:
         exec(how)
@@ -117,6 +124,31 @@ BREAKS = [
         "ProtocolError",
         "exceeds the limit",
         id="endless_frame",
+    ),
+    # Large values out of band (_segments): an envelope frame, then raw segments.
+    pytest.param(
+        "to_parent(envelope([_protocol.RESULT, 2, 0], [10 << 30])); hang()",
+        "ProtocolError",
+        "announcing 10737418",  # refused before a byte is allocated
+        id="envelope_announcing_10_GiB",
+    ),
+    pytest.param(
+        "to_parent(envelope([_protocol.RESULT, 2, 0], [512 << 10]) + b'x' * 1000); os._exit(7)",
+        "WorkerCrashed",
+        "exited with code 7",
+        id="half_segment_then_exit",
+    ),
+    pytest.param(
+        "to_parent(envelope([_protocol.RESULT, 2, 0], [512 << 10]) + b'x' * 1000); hang()",
+        "TaskTimeout",
+        "did not finish within 1 s",
+        id="half_segment_then_hang",
+    ),
+    pytest.param(
+        "to_parent(frame([_protocol.RESULT, 2, msgpack.ExtType(101, bytes(4))])); hang()",
+        "ProtocolError",
+        "no envelope announced",
+        id="segment_reference_without_envelope",
     ),
 ]
 
