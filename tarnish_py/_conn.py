@@ -206,31 +206,8 @@ class Conn:
             n = 0
         except (BrokenPipeError, ConnectionResetError):
             raise Eof from None
-        if n == len(frame):
-            return
-        view = memoryview(frame)[n:]
-        poller = select.poll()
-        poller.register(self._w, select.POLLOUT)
-        if self._pidfd >= 0:
-            poller.register(self._pidfd, select.POLLIN)
-        while view:
-            # A large frame: wait for room, but never past the call's deadline, and
-            # not after the worker died (a process it forked may hold the pipe).
-            events = poller.poll(_poll_ms(deadline, self._pidfd < 0))
-            if not events:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise Deadline
-                if not self.alive():
-                    raise Eof
-                continue
-            if all(fd == self._pidfd for fd, _ in events):
-                raise Eof
-            try:
-                view = view[os.write(self._w, view) :]
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                raise Eof from None
+        if n != len(frame):  # a large frame: the rest as room comes
+            self._write_all([memoryview(frame)[n:]], deadline)
 
     def _next(self, deadline: float | None) -> Any:
         inbox = self._inbox
@@ -263,7 +240,13 @@ class Conn:
         self, frame: bytes, segments: list[_segments.Buffer], deadline: float | None
     ) -> Any:
         """Send a frame and the raw segments it announces, return the next message."""
-        views = [memoryview(frame), *(memoryview(s) for s in segments)]
+        self._write_all([memoryview(frame), *(memoryview(s) for s in segments)], deadline)
+        return self._next(deadline)
+
+    def _write_all(self, views: list[memoryview], deadline: float | None) -> None:
+        """Write ``views`` in order (writev, from the caller's buffers): wait for room,
+        but never past the call's deadline, nor after the worker died (a process it
+        forked may hold the pipe)."""
         poller: select.poll | None = None
         while True:
             try:
@@ -274,7 +257,7 @@ class Conn:
                 raise Eof from None
             views = _segments.consumed(views, n)
             if not views:
-                return self._next(deadline)
+                return
             if poller is None:
                 poller = select.poll()
                 poller.register(self._w, select.POLLOUT)
