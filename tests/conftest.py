@@ -3,14 +3,18 @@ a worker re-executes its program, so pytest itself is never re-run."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +49,33 @@ def python_env() -> dict[str, str]:
     env.pop("TARNISH_PY_WORKER", None)
     env["PYTHONFAULTHANDLER"] = "1"
     return env
+
+
+@contextmanager
+def started(
+    folder: Path, source: str, within: float = 30.0
+) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """Start ``source`` as ``folder/victim.py``; yield the process and the first JSON
+    line it prints, which it must print within ``within`` seconds. A program still
+    running at the end is killed (tests SIGKILL it to see what it leaves behind)."""
+    script = folder / "victim.py"
+    script.write_text(source)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=python_env(),
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], within)
+        assert ready, "the program never got ready"
+        yield proc, json.loads(proc.stdout.readline())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ worker killed, a timeout, the parent killed) must leave nothing behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import python_env
+from conftest import started
 from proc_checks import descendants, wait_dead
 
 from tarnish_py import _protocol, _segments, _wire
@@ -317,28 +314,11 @@ def parent():
 
 
 def test_a_parent_killed_mid_transfer_leaves_no_worker(tmp_path: Path) -> None:
-    script = tmp_path / "victim.py"
-    script.write_text(program(VICTIM + MAIN))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=python_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the program never got ready"
-        worker = json.loads(proc.stdout.readline())["pid"]
+    with started(tmp_path, program(VICTIM + MAIN)) as (proc, line):
         family = descendants(proc.pid)
-        assert worker in family
+        assert line["pid"] in family
         select.select([], [], [], 0.2)  # a few 32 MiB transfers in flight
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert all(wait_dead(pid, 2.0) for pid in family), family
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import python_env
+from conftest import python_env, started
 from proc_checks import descendants, wait_dead
 
 from ._prelude import program, records
@@ -618,20 +617,8 @@ def parent():
     ],
 )
 def test_sigkilled_parent_leaves_no_process_behind(tmp_path: Path, work: str) -> None:
-    script = tmp_path / "victim.py"
-    script.write_text(program(f"WORK = {work!r}\n" + VICTIM + MAIN))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=python_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the program never got ready"
-        line = json.loads(proc.stdout.readline())
+    source = program(f"WORK = {work!r}\n" + VICTIM + MAIN)
+    with started(tmp_path, source) as (proc, line):
         family = descendants(proc.pid)  # workers, their children, the watchdog
         assert set(line["pids"]) <= set(family)
         if "grandchild" in work:
@@ -641,10 +628,6 @@ def test_sigkilled_parent_leaves_no_process_behind(tmp_path: Path, work: str) ->
         assert all(wait_dead(pid, 1.0) for pid in family), [
             (pid, wait_dead(pid, 0)) for pid in family
         ]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 # -- a parent that cancels a call whose reply has already come back ------------

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, python_env
+from conftest import REPO, python_env, started
 from proc_checks import descendants, wait_dead
 
 from tarnish_py import _protocol, _wire
@@ -526,28 +525,18 @@ def test_a_killed_watchdog_is_restarted_with_every_live_worker(tmp_path: Path) -
     """The watchdog is SIGKILLed; the next worker start revives it with every live
     worker group, so a worker stuck in C (its own thread cannot run) started before
     still dies when the parent is SIGKILLed."""
-    script = tmp_path / "prog.py"
-    script.write_text(program(WATCHDOG_KILLED + MAIN))
-    proc = subprocess.Popen([sys.executable, str(script)], env=python_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     pids: list[int] = []
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "the program never got ready"
-        line = json.loads(proc.stdout.readline())
-        pids = line["pids"]
-        family = descendants(proc.pid)
-        assert set(pids) <= family and line["watchdog"] not in family, (line, family)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        survivors = [pid for pid in family if not wait_dead(pid, 5.0)]
-        assert not survivors, survivors
+        with started(tmp_path, program(WATCHDOG_KILLED + MAIN), within=60) as (proc, line):
+            pids = line["pids"]
+            family = descendants(proc.pid)
+            assert set(pids) <= family and line["watchdog"] not in family, (line, family)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            survivors = [pid for pid in family if not wait_dead(pid, 5.0)]
+            assert not survivors, survivors
     finally:
         _kill_groups(pids)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 # -- 14. what a timeout kill reaches ---------------------------------------------
