@@ -6,8 +6,10 @@ isolation (``timeit``, best of several repeats), in the order the call runs it;
 one CPU, the CPU time each process spends per call (the parent's thread CPU
 clock, the worker's ``/proc/<pid>/schedstat``). What the isolated steps do not
 explain is Python glue (attribute lookups, checks, try blocks in
-``_dispatch``/``_conn``/``_worker``) and the kernel's blocking, wake-up and
-context-switch work, which the raw pipe floor measures on its own.
+``_dispatch``/``_slot``/``_conn``/``_worker``) and the kernel's blocking, wake-up
+and context-switch work, which the raw pipe floor measures on its own. The
+hot path decodes a read that is one whole frame in place (``Conn.request``, the
+worker loop); ``FrameReader.feed`` is what anything else goes through.
 
 Run alone: ``python benchmarks/run.py --only hotpath`` (or as part of run.py).
 """
@@ -20,8 +22,12 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+from cobs import cobs
+
 import tarnish_py
 from tarnish_py import _protocol, _wire
+from tarnish_py._values import ext_hook
 
 __all__ = ["cpu_split", "steps"]
 
@@ -46,6 +52,7 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
     buf = bytearray(1 << 16)
     buf[: len(frame_call)] = frame_call
     n = len(frame_call)
+    reply = bytearray(frame_result)
     r, w = os.pipe()
     instance = echo_cls()
 
@@ -72,29 +79,39 @@ def steps(process: tarnish_py.Process[int, int], quick: bool) -> list[tuple[str,
         add("parent", "validate input (the validator itself; skipped for an exact int)",
             lambda: c.validate_input(1))
         if dispatcher is not None:
-            add("parent", "take + give back the slot (lock, round-robin)", dispatch)
+            add("parent", "take + give back the slot (acquire/release; call inlines it)",
+                dispatch)
         add("parent", "msgpack pack [CALL, id, value] (reused Packer)",
             lambda: packer.call(12345, 1))
         add("parent", "COBS encode + terminator", lambda: _wire.frame_packed(packed_call))
         add("both", "write + read syscalls of one message, no wake-up", syscalls)
-        add("worker", "FrameReader.feed (slice, find, COBS decode, unpack)",
+        add("worker", "decode a one-frame read in place (slice, COBS decode, unpack)",
+            lambda: in_place(buf, n))
+        add("worker", "FrameReader.feed, for anything else (slice, find, decode, unpack)",
             lambda: reader.feed(buf[:n]))
-        add("worker", "parse the call (_protocol.call_fields)",
-            lambda: _protocol.call_fields([_protocol.CALL, 12345, 1]))
         add("worker", "run()", lambda: instance.run(1))
         add("worker", "validate output (the validator; skipped for an exact int)",
             lambda: c.encode_output(1))
         add("worker", "msgpack pack [RESULT, id, value] (reused Packer)",
             lambda: packer.result(12345, 1))
         add("worker", "COBS encode + terminator", lambda: _wire.frame_packed(packed_result))
-        add("parent", "FrameReader.feed of the reply",
-            lambda: reader.feed(bytearray(frame_result)))
-        add("parent", "parse the reply (_protocol.result_value)",
-            lambda: _protocol.result_value([_protocol.RESULT, 12345, 1], 12345))
+        add("parent", "decode the reply in place (Conn.request)",
+            lambda: in_place(reply, len(reply)))
     finally:
         os.close(r)
         os.close(w)
     return out
+
+
+def in_place(buf: bytearray, n: int) -> Any:
+    """What the worker loop and ``Conn.request`` do with a read of one whole frame."""
+    end = n - 1
+    if buf[end] == 0:
+        return msgpack.unpackb(
+            cobs.decode(buf[:end]), ext_hook=ext_hook, strict_map_key=False, raw=False,
+            unicode_errors="surrogatepass",
+        )
+    return None
 
 
 def _task_of(process: tarnish_py.Process[Any, Any]) -> type:

@@ -312,6 +312,7 @@ def conn_pump(conn: Conn) -> tuple[list[Any], bool]:
     """
     messages = list(conn._inbox)
     conn._inbox.clear()
+    conn.clean = False  # Conn._next looks at the reader again
     n = os.readv(conn._r, [conn._buf])
     if n == 0:
         return messages, True

@@ -353,7 +353,16 @@ class Dispatcher:
         token = _Waiter()
         slot: Slot | None = None
         try:
-            slot = self._acquire(token)
+            with self._lock:  # _acquire's uncontended case inlined: the slot in turn is free
+                i = self._next
+                if self._holders[i] is None and not self._waiters and self._state is _OPEN:
+                    slot = self.slots[i]
+                    slot.kill_reason = None
+                    token.slot = slot
+                    self._holders[i] = token
+                    self._next = self._after[i]
+            if slot is None:
+                slot = self._acquire(token)
             raw = slot.call(payload, timeout if timeout is not None else self.settings.timeout)
         except BaseException as exc:
             try:
@@ -366,7 +375,13 @@ class Dispatcher:
                     self.give_back(token)
             raise
         try:
-            self._pass_on(slot, token)
+            with self._lock:  # _pass_on's common case inlined: nobody waits
+                i = slot.index
+                free = self._holders[i] is token and not self._waiters and self._state is _OPEN
+                if free:
+                    self._holders[i] = None
+            if not free:
+                self._pass_on(slot, token)
         except BaseException:  # a Ctrl-C landed in it: finish, then let it through
             self.give_back(token)
             raise

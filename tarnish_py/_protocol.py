@@ -196,10 +196,12 @@ class Packer:
     ``max_message_bytes`` before :func:`_wire.frame_packed` frames it.
     """
 
-    __slots__ = ("_pack",)
+    __slots__ = ("_pack", "pack_list")
 
     def __init__(self) -> None:
         self._pack: Callable[[Any], bytes] = _wire.packer()
+        #: The packer itself, for a hot path that builds ``[kind, *fields]`` in place.
+        self.pack_list = self._pack
 
     def call(self, call_id: int, value: Any, kind: int = CALL) -> bytes:
         return self._pack([kind, call_id, value])

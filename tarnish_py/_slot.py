@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any
 
+from cobs import cobs
+
 from . import _protocol, _segments, _wire
 from ._conn import BadMessage, Conn, Deadline, Eof, NotReady, Refused
 from ._errors import (
@@ -49,7 +51,8 @@ from ._workerspec import WorkerSpec
 
 __all__ = ["Kill", "Slot"]
 
-_NOT_RESULT = _protocol.NOT_RESULT
+_RESULT = _protocol.RESULT
+_cobs_encode = cobs.encode  # _wire.frame_packed inlined on the hot path
 _EARLY = _segments.EARLY  # a global: read on every call
 
 
@@ -92,6 +95,7 @@ class Slot:
         self._lock = threading.Lock()  # _conn and _spawn_error, against the starter
         self._next_id = 0
         self._pack = _protocol.Packer()  # one holder at a time: a reused Packer is safe
+        self._pack_list = self._pack.pack_list  # Packer.call inlined on the hot path
         self._closing = False
         #: restore_on_crash (SPEC §7): set by the handle; see ``_snapshot.StateKeeper``.
         self.keeper: StateKeeper | None = None
@@ -218,7 +222,7 @@ class Slot:
         if type(payload) in _EARLY:  # bytes, a model's dict: may hold large bytes
             packed, split = self._pack_large(call_id, payload, kind, None)
         else:
-            packed = self._pack.call(call_id, payload, kind)
+            packed = self._pack_list([kind, call_id, payload])
             if len(packed) >= self._large:
                 packed, split = self._pack_large(call_id, payload, kind, packed)
         if self.kill_reason is not None:
@@ -226,12 +230,17 @@ class Slot:
         conn.idle = False  # until the whole reply is in: an interrupt leaves it False
         try:
             if split is None:
-                message = conn.request(_wire.frame_packed(packed), deadline)
+                message = conn.request(_cobs_encode(packed) + b"\x00", deadline)
             else:
                 frame = _wire.envelope_frame(packed, split.lengths)
                 message = conn.request_segments(frame, split.buffers, deadline)
-            value = _protocol.result_value(message, call_id)
-            reply = _protocol.parse_reply(message, call_id) if value is _NOT_RESULT else None
+            # _protocol.result_value inlined: a Result to this call, or parse_reply
+            # says what else it is.
+            if len(message) == 3 and message[0] == _RESULT and message[1] == call_id:
+                value = message[2]
+                reply = None
+            else:
+                reply = _protocol.parse_reply(message, call_id)
         except Eof:
             raise self._lost(conn) from None
         except Deadline:

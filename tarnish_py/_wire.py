@@ -149,6 +149,11 @@ class FrameReader:
         """Bytes received that do not yet end a frame."""
         return len(self._buf)
 
+    @property
+    def idle(self) -> bool:
+        """Between frames: no part of a frame nor of announced segments held."""
+        return not self._buf and self._sink is None
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Add ``data``; return the messages it completed, oldest first."""
         if isinstance(data, memoryview):

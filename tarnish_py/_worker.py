@@ -26,10 +26,24 @@ import inspect
 import os
 import sys
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from . import _batch_worker, _boot, _forkserver, _limits, _protocol, _segments, _snapshot, _wire
+import msgpack
+from cobs import cobs as _cobs
+
+from . import (
+    _batch_worker,
+    _boot,
+    _forkserver,
+    _limits,
+    _protocol,
+    _segments,
+    _snapshot,
+    _values,
+    _wire,
+)
 from ._task import Codec, Task, codec, task_for_label
 
 __all__ = ["main", "serve", "serve_importable"]
@@ -37,6 +51,7 @@ __all__ = ["main", "serve", "serve_importable"]
 R = TypeVar("R")
 
 _EARLY = _segments.EARLY  # a global: read on every call
+_unpackb = msgpack.unpackb
 _MAX_TRACEBACK_FRAMES = 64
 _MAX_TEXT = 20_000
 
@@ -146,56 +161,95 @@ def _one_line(exc: BaseException) -> str:
 def _loop(instance: Task[Any, Any], task_codec: Codec, limit: int) -> NoReturn:
     reader = _wire.FrameReader(limit)
     buf = bytearray(1 << 16)
+    bufs = [buf]
     packer = _protocol.Packer()
+    pack = _wire.packer()  # packer.result inlined below: one frame less per call
     large = min(_segments.THRESHOLD, limit + 1)  # a reply this long needs _pack_large
+    frame_limit = _wire.frame_limit(limit)
     decode_input = task_codec.decode_input
     encode_output = task_codec.encode_output
     plain_in, plain_out = task_codec.plain_in, task_codec.plain_out
+    cobs_decode, cobs_encode = _cobs.decode, _cobs.encode
+    unpackb, ext_hook = _unpackb, _values.ext_hook
+    call_kind, result_kind = _protocol.CALL, _protocol.RESULT
     call_fields = _protocol.call_fields
-    frame_packed = _wire.frame_packed
     run = instance.run
     channel_in, channel_out = _boot.channel_in, _boot.channel_out
+    readv, write = os.readv, os.write
+    queued: deque[Any] = deque()  # the messages of a read after the first
+    clean = True  # the reader holds no part of a frame or of segments
     while True:
-        try:
-            n = os.readv(channel_in, [buf])
-        except InterruptedError:
-            continue
-        if n == 0:
-            _boot.parent_gone()
-        messages = reader.feed(buf[:n])
-        if not messages and reader.raw is not None:
-            messages = _read_segments(reader, channel_in)
-        for message in messages:
-            fields = call_fields(message)
-            if fields is None:
+        if queued:
+            message = queued.popleft()
+            if call_fields(message) is None:
                 _other_request(instance, message, task_codec, packer, limit)
                 continue
-            call_id, value = fields
-            split = None
+        else:
             try:
-                # A value of exactly a plain In or Out type validates to itself
-                # (``Codec.plain_in``): the validators run for anything else.
-                if type(value) is not plain_in:
-                    value = decode_input(value)
-                out = run(value)
-                if type(out) is not plain_out:
-                    out = encode_output(out)
-                if type(out) in _EARLY:  # bytes, a model's dict: large bytes out of band
-                    reply, split = _pack_large(packer, call_id, out, None, limit, "result")
-                else:
-                    reply = packer.result(call_id, out)
-                    if len(reply) >= large:
-                        reply, split = _pack_large(packer, call_id, out, reply, limit, "result")
-            except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
-                split = None
-                reply = _protocol.error_packed(_error(call_id, exc), limit)
-            if split is not None:
-                _write_reply(channel_out, reply, split)
+                n = readv(channel_in, bufs)
+            except InterruptedError:
                 continue
-            frame = frame_packed(reply)
-            written = os.write(channel_out, frame)
-            if written != len(frame):  # a large frame: the rest
-                _boot.write_all(channel_out, memoryview(frame)[written:])
+            if n == 0:
+                _boot.parent_gone()
+            # The common case, flat (FrameReader.feed and _protocol.call_fields
+            # inlined): one whole Call frame in this read, and nothing before it.
+            # Anything else, undecodable bytes included, goes through the reader,
+            # which says what it is.
+            end = n - 1
+            message = None
+            if clean and 0 < end <= frame_limit and buf[end] == 0:
+                try:
+                    # A zero inside makes cobs.decode raise: buf[end] is the only one.
+                    message = unpackb(
+                        cobs_decode(buf[:end]),
+                        ext_hook=ext_hook,
+                        strict_map_key=False,
+                        raw=False,
+                        unicode_errors="surrogatepass",
+                    )
+                except Exception:
+                    message = None
+                if (
+                    type(message) is not list
+                    or len(message) != 3
+                    or message[0] != call_kind
+                    or type(message[0]) is not int
+                ):
+                    message = None
+            if message is None:
+                messages = reader.feed(buf[:n])
+                if not messages and reader.raw is not None:
+                    messages = _read_segments(reader, channel_in)
+                clean = reader.idle
+                queued.extend(messages)
+                continue
+        call_id = message[1]
+        value = message[2]
+        split = None
+        try:
+            # A value of exactly a plain In or Out type validates to itself
+            # (``Codec.plain_in``): the validators run for anything else.
+            if type(value) is not plain_in:
+                value = decode_input(value)
+            out = run(value)
+            if type(out) is not plain_out:
+                out = encode_output(out)
+            if type(out) in _EARLY:  # bytes, a model's dict: large bytes out of band
+                reply, split = _pack_large(packer, call_id, out, None, limit, "result")
+            else:
+                reply = pack([result_kind, call_id, out])
+                if len(reply) >= large:
+                    reply, split = _pack_large(packer, call_id, out, reply, limit, "result")
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt ... too: the task's
+            split = None
+            reply = _protocol.error_packed(_error(call_id, exc), limit)
+        if split is not None:
+            _write_reply(channel_out, reply, split)
+            continue
+        frame = cobs_encode(reply) + b"\x00"  # _wire.frame_packed inlined
+        written = write(channel_out, frame)
+        if written != len(frame):  # a large frame: the rest
+            _boot.write_all(channel_out, memoryview(frame)[written:])
 
 
 def _read_segments(reader: _wire.FrameReader, channel_in: int) -> list[Any]:

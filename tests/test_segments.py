@@ -266,3 +266,19 @@ def test_write_all_writes_frame_and_segments_in_order() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_idle_only_between_frames_and_segments() -> None:
+    """``idle`` is what lets Conn and the worker loop decode a one-frame read in place:
+    never while part of a frame or of announced segments is held."""
+    reader = _wire.FrameReader(MAX)
+    assert reader.idle
+    small = wire_bytes([_protocol.CALL, 1, 7])
+    large = wire_bytes([_protocol.CALL, 2, bytes(_segments.THRESHOLD)])
+    assert reader.feed(small[:2]) == [] and not reader.idle
+    assert reader.feed(small[2:]) == [[_protocol.CALL, 1, 7]] and reader.idle
+    envelope_end = large.index(b"\x00") + 1
+    assert reader.feed(large[:envelope_end]) == [] and not reader.idle  # segments to come
+    assert reader.feed(large[envelope_end:-1]) == [] and not reader.idle
+    (message,) = reader.feed(large[-1:])
+    assert message[1] == 2 and len(message[2]) == _segments.THRESHOLD and reader.idle
