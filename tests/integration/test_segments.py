@@ -215,12 +215,13 @@ import threading
 
 def stalled_call(p, how):
     worker = p.pid
+    data = os.urandom(64 << 20)  # made first: the call starts at once
     os.kill(worker, signal.SIGSTOP)
     result = {}
 
     def call():
         timeout = 1.0 if how == "timeout" else None
-        result.update(outcome(lambda: p.call(os.urandom(64 << 20), timeout=timeout) and {}))
+        result.update(outcome(lambda: p.call(data, timeout=timeout) and {}))
     thread = threading.Thread(target=call)
     thread.start()
     time.sleep(0.3)
@@ -248,15 +249,18 @@ class DiesMidReply(Task[int, int]):
 def interrupted_call(p):
     # Ctrl-C in the caller while its input is half written.
     worker = p.pid
+    data = os.urandom(64 << 20)  # made first: the interrupt must land in the call
     os.kill(worker, signal.SIGSTOP)
     main = threading.get_ident()
-    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
     try:
-        p.call(os.urandom(64 << 20))
+        p.call(data)
         seen = {"error": None}
     except KeyboardInterrupt:
         seen = {"error": "KeyboardInterrupt"}
-    return dict(seen, old_dead=wait_dead(worker, 5.0))
+    old_dead = wait_dead(worker, 5.0)
+    os.kill(worker, signal.SIGCONT)  # were it alive, the next call fails, never hangs
+    return dict(seen, old_dead=old_dead)
 
 
 def parent():
