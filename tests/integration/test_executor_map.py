@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from ._programs import no_leftovers  # noqa: F401
-from .test_executor import FUNCTIONS, run_main
+from .test_executor import run_main
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -94,7 +94,8 @@ def parent():
     # lengths, empty input, a result rebuilt by its annotation.
     same = {}
     for n in (1, 7, 100):
-        same[n] = [list(ex.map(pow, range(250), [2] * 250, chunksize=n)) == [x * x for x in range(250)],
+        squares = list(ex.map(pow, range(250), [2] * 250, chunksize=n))
+        same[n] = [squares == [x * x for x in range(250)],
                    list(ex.map(mul, range(20), range(5, 40), chunksize=n))
                    == list(map(mul, range(20), range(5, 40))),
                    list(ex.map(mul, [], [], chunksize=n)) == [],
