@@ -226,12 +226,20 @@ class Signature:
         self.result = _adapter(hints.get("return", Any))
         self.result_plain = hints.get("return", Any) in _PLAIN
         self._plain = {name for name, hint in hints.items() if hint in _PLAIN}
+        # A value of exactly its plain annotation (an int for `x: int`) is its own
+        # validation, as for a Task's In and Out (``_task.Codec``).
+        self._exact = {name: hint for name, hint in hints.items() if hint in _PLAIN}
+        self._positional, self._required = _positional_only(self.signature)
 
     def _bind(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], convert: Callable[[str, Any], Any]
     ) -> tuple[list[Any], dict[str, Any]]:
         if self.signature is None:
             return [convert("", a) for a in args], {k: convert("", v) for k, v in kwargs.items()}
+        names = self._positional
+        if not kwargs and names is not None and self._required <= len(args) <= len(names):
+            # What bind() returns for these, at a tenth of its cost (a map binds per input).
+            return [convert(name, value) for name, value in zip(names, args, strict=False)], {}
         bound = self.signature.bind(*args, **kwargs)  # the TypeError Python would raise
         arguments = bound.arguments
         for name, value in arguments.items():
@@ -250,6 +258,8 @@ class Signature:
         """In the caller: validated, wire-ready arguments (ValidationError, TypeError)."""
 
         def dump(name: str, value: Any) -> Any:
+            if type(value) is self._exact.get(name):
+                return value
             adapter = self.params.get(name)
             if adapter is None:
                 check_carried(value, f"argument {name or '?'!r} of {self.name}")
@@ -265,6 +275,8 @@ class Signature:
         """In the worker: the annotated arguments rebuilt (models, enums ...)."""
 
         def load(name: str, value: Any) -> Any:
+            if type(value) is self._exact.get(name):
+                return value
             adapter = self.params.get(name)
             return value if adapter is None else adapter.validate_python(value)
 
@@ -275,6 +287,8 @@ class Signature:
         if self.result is None:
             check_carried(value, f"the result of {self.name}")
             return value
+        if type(value) is self._exact.get("return"):
+            return value
         value = self.result.validate_python(value)
         return value if self.result_plain else self.result.dump_python(value)
 
@@ -283,6 +297,19 @@ class Signature:
         if self.result is None or self.result_plain:
             return raw
         return self.result.validate_python(raw)
+
+
+def _positional_only(signature: inspect.Signature | None) -> tuple[tuple[str, ...] | None, int]:
+    """(names, how many are required) when every parameter may be given by position
+    and none is ``*args``/``**kwargs``; (None, 0) otherwise."""
+    if signature is None:
+        return None, 0
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(signature.parameters.values())
+    if any(param.kind not in positional for param in params):
+        return None, 0
+    required = sum(param.default is inspect.Parameter.empty for param in params)
+    return tuple(param.name for param in params), required
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,9 @@
                                  started on first submit; see _byref for the worker]
                               <- pool Future --follow--> the Future returned here
                                  (result rebuilt by fn's return annotation)
-    map(fn, *iterables)       submit per item; results in order under one deadline
+    map(fn, *iterables)       chunksize=1: submit per item; results in order under one
+                              deadline. chunksize>1: every item validated now, then the
+                              pool's batched map run by a thread of its own (_executor_map)
     shutdown(wait, cancel)    refuse new work; drop queued calls (cancel_futures);
                               wait for the rest (wait=True) or close once idle
 
@@ -39,8 +41,10 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec, Unpack
 
+from ._arena import INDEX_MASK
 from ._byref import Signature, internal_task, reference
 from ._errors import ClosedError
+from ._executor_map import Feeder, MapIterator
 from ._pool import ProcessPool
 from ._settings import HandleKeywords, Settings
 from ._worker import main as _tarnish_main
@@ -197,6 +201,7 @@ class IsolatedExecutor(cf.Executor):
         self._calls: dict[Any, tuple[str, str, Signature]] = {}  # fn -> how it is called
         # The pool's Futures not yet done, and the Futures given for them.
         self._outstanding: dict[cf.Future[Any], _Future] = {}
+        self._maps: set[Feeder] = set()  # maps with chunksize > 1 still running
         self._shutdown = False
         self._close_when_idle = False
 
@@ -262,15 +267,34 @@ class IsolatedExecutor(cf.Executor):
     ) -> Iterator[T]:
         """``map(fn, *iterables)`` in the workers, results in order.
 
-        As in the standard library: every call is submitted now; ``timeout``
-        is a deadline for the whole iteration (``TimeoutError`` when it passes);
-        the first failure is raised when its result is reached, and calls not
-        yet started are then dropped. ``chunksize`` is accepted (each call is
-        its own message for now).
+        As in the standard library: the iterables are consumed and the work
+        starts now, not when the iterator is first advanced; ``timeout`` is a
+        deadline for the whole iteration, from this call (``TimeoutError`` when
+        it passes); the first failure (``WorkerCrashed`` for the input whose
+        worker crashed, ``TaskError``, ``TaskTimeout``) is raised when its
+        result is reached, and the inputs not yet started are then dropped, as
+        they are when the iterator is closed, dropped or left by ``break``.
+        Every input's arguments are validated here, as ``submit`` does: an
+        invalid one raises its ``ValidationError`` or ``TypeError`` from
+        ``map()`` itself.
+
+        ``chunksize=1`` (the default) submits one call per input. Above 1 the
+        inputs travel in batches of ``chunksize`` through the pool's batched
+        map, much faster for many small calls, with the same guarantees: a
+        crash fails exactly the input that was running, no input runs twice,
+        and no finished result is lost. Every argument is validated before
+        anything is sent (an invalid input: nothing of the map runs); one
+        thread drives the map and ends with it; waiting callers of ``submit``
+        get a worker as soon as a batch ends. ``shutdown(wait=True)`` waits for
+        the map; ``shutdown(cancel_futures=True)`` drops its inputs not yet
+        started, and the iterator raises ``CancelledError`` where its results
+        stop (see ``_executor_map``).
         """
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         deadline = time.monotonic() + timeout if timeout is not None else None
+        if chunksize > 1:
+            return self._map_in_batches(fn, iterables, chunksize, deadline, timeout)
         futures: list[_Future] = []
         try:
             for args in zip(*iterables, strict=False):
@@ -279,6 +303,48 @@ class IsolatedExecutor(cf.Executor):
             _drop_queued(futures)
             raise
         return _results(futures, deadline)
+
+    def _map_in_batches(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        chunksize: int,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> Iterator[Any]:
+        """map(chunksize > 1): validate every input, then start the batched map."""
+        calls = list(zip(*iterables, strict=False))
+        if not calls:  # as the standard library: nothing submitted, nothing checked
+            return iter(())
+        if self._shutdown:
+            raise _after_shutdown()
+        module, qualname, signature = self._call_for(fn)
+        dump = signature.dump_arguments
+        records = []
+        for args in calls:
+            call_args, call_kwargs = dump(args, {})
+            records.append(
+                {"module": module, "qualname": qualname, "args": call_args, "kwargs": call_kwargs}
+            )
+        del calls
+        plain = signature.result is None or signature.result_plain
+        feeder = Feeder(len(records), self._map_ended)
+        with self._lock:
+            if self._shutdown:
+                feeder.stopper.close()
+                raise _after_shutdown()
+            pool = self._pool_for(module, qualname)
+            source = pool._ordered_map(records, min(chunksize, INDEX_MASK), feeder.stopper)
+            self._maps.add(feeder)
+            feeder.start(source, None if plain else signature.load_result)
+        return MapIterator(feeder, deadline, timeout)
+
+    def _map_ended(self, feeder: Feeder) -> None:
+        with self._lock:
+            self._maps.discard(feeder)
+            pool = self._idle_pool_to_close()
+        if pool is not None:
+            pool.close()
 
     # -- shutting down -----------------------------------------------------
 
@@ -291,7 +357,8 @@ class IsolatedExecutor(cf.Executor):
 
     def _idle_pool_to_close(self) -> ProcessPool[Any, Any] | None:
         """Under the lock: the pool, once, when shutdown(wait=False) waits for idleness."""
-        if self._close_when_idle and not self._outstanding and self._pool is not None:
+        idle = not self._outstanding and not self._maps
+        if self._close_when_idle and idle and self._pool is not None:
             self._close_when_idle = False
             return self._pool
         return None
@@ -307,12 +374,15 @@ class IsolatedExecutor(cf.Executor):
         with self._lock:
             self._shutdown = True
             outstanding = list(self._outstanding.items())
+            maps = list(self._maps)
             pool = self._pool
             if not wait:
                 self._close_when_idle = True
         if cancel_futures:
             for _, future in outstanding:
                 future._drop_if_queued()  # queued calls only; running ones finish
+            for feeder in maps:
+                feeder.stop(cancel=True)  # inputs not started; running ones finish
         if pool is None:
             return
         if not wait:
@@ -323,6 +393,8 @@ class IsolatedExecutor(cf.Executor):
             return
         try:
             cf.wait([inner for inner, _ in outstanding if not inner.cancelled()])
+            for feeder in maps:
+                feeder.ended.wait()
         except BaseException:
             pool.close(0.0)  # Ctrl-C: no running call is waited for
             raise

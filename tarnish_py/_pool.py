@@ -26,6 +26,7 @@ from ._batch import batched_map, check_chunksize
 from ._handle import _Handle
 from ._percall import per_call_map
 from ._settings import HandleKeywords, Settings
+from ._stopper import Stopper
 from ._task import In, Out, Task
 
 __all__ = ["ProcessPool"]
@@ -135,11 +136,7 @@ class ProcessPool(_Handle[In, Out]):
         user see: a crash fails exactly the input that was running, no input
         runs twice and no finished result is lost (``_batch``).
         """
-        settings = self._dispatcher.settings
-        per_call = settings.max_calls or settings.max_memory or any(
-            slot.keeper is not None for slot in self._dispatcher.slots
-        )
-        if per_call:  # each input must pass the slot's per-call hooks (``_percall``)
+        if self._per_call():  # each input must pass the slot's per-call hooks (``_percall``)
             check_chunksize(chunksize)
             submit = partial(self.submit, timeout=timeout)
             window = _IN_FLIGHT_PER_WORKER * self.size
@@ -152,3 +149,20 @@ class ProcessPool(_Handle[In, Out]):
             timeout=timeout,
             chunksize=chunksize,
         )
+
+    def _per_call(self) -> bool:
+        settings = self._dispatcher.settings
+        return bool(settings.max_calls or settings.max_memory) or any(
+            slot.keeper is not None for slot in self._dispatcher.slots
+        )
+
+    def _ordered_map(self, inputs: Iterable[In], chunksize: int, stop: Stopper) -> Iterator[Out]:
+        """``map(inputs, chunksize=chunksize)``, which ``stop`` ends from another thread.
+
+        For ``IsolatedExecutor.map``, whose own thread drives it: a batched map
+        wakes up at once; the per-call one ends after its next result.
+        """
+        if self._per_call():
+            return self.map(inputs, chunksize=chunksize)
+        return batched_map(self._dispatcher, inputs, ordered=True, return_exceptions=False,
+                           timeout=None, chunksize=chunksize, stop=stop)

@@ -9,8 +9,11 @@ import datetime as dt
 import decimal
 import enum
 import functools
+import inspect
 import math
 import os.path
+import select
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +23,8 @@ import pytest
 
 from tarnish_py import IsolatedExecutor, task
 from tarnish_py._byref import Signature, check_carried, reference
+from tarnish_py._executor_map import Feeder, MapIterator
+from tarnish_py._stopper import Stopper
 
 
 class Point(pydantic.BaseModel):
@@ -286,3 +291,75 @@ def test_task_function_is_checked_by_its_wrapped_signature() -> None:
     assert sig.dump_arguments(("1.5",), {}) == ([1.5], {})
     with pytest.raises(pydantic.ValidationError):
         sig.dump_arguments(("x",), {})
+
+
+# -- map(chunksize > 1): what map() itself refuses, before any worker starts ------
+
+
+def typed_pair(a: int, b: int = 2) -> int:
+    return a + b
+
+
+def test_map_in_batches_validates_every_input_at_the_call(executor: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        executor.map(typed_pair, [1, "two", 3], chunksize=2)
+    with pytest.raises(TypeError, match="never pickled"):
+        executor.map(lambda x: x, [1, 2], chunksize=2)
+    with pytest.raises(TypeError):  # too many arguments, as Python would say
+        executor.map(typed_pair, [1], [2], [3], chunksize=2)
+    with pytest.raises(ValueError):
+        executor.map(typed_pair, [1], chunksize=0)
+    # As the standard library: nothing to submit, nothing checked or started.
+    assert list(executor.map(lambda x: x, [], chunksize=5)) == []
+
+
+def test_map_in_batches_after_shutdown() -> None:
+    ex = IsolatedExecutor(max_workers=1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.map(typed_pair, [1, 2], chunksize=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((1,), {}), ((1, 5), {}), ((1,), {"b": 5}), (("1", True), {})],
+)
+def test_positional_binding_matches_inspect_bind(args: tuple[Any, ...], kwargs: Any) -> None:
+    signature = Signature(typed_pair)
+    got = signature.dump_arguments(args, kwargs)
+    bound = inspect.signature(typed_pair).bind(*args, **kwargs)
+    assert got == ([int(a) for a in bound.args], {k: int(v) for k, v in bound.kwargs.items()})
+    assert signature.load_arguments(*got) == got
+
+
+@pytest.mark.parametrize("args", [(), (1, 2, 3)])
+def test_positional_binding_refuses_what_bind_refuses(args: tuple[Any, ...]) -> None:
+    with pytest.raises(TypeError):
+        Signature(typed_pair).dump_arguments(args, {})
+
+
+def test_stopper_wakes_a_poll_and_closes_once() -> None:
+    stopper = Stopper()
+    poller = select.poll()
+    poller.register(stopper.fd, select.POLLIN)
+    assert poller.poll(0) == [] and not stopper.requested
+    stopper.set()
+    stopper.set()
+    assert stopper.requested and poller.poll(1000) == [(stopper.fd, select.POLLIN)]
+    stopper.close()
+    stopper.close()
+    stopper.set()  # after close: no write into a closed (maybe reused) fd
+
+
+def test_map_iterator_deadline_stops_the_feeder() -> None:
+    ended: list[Feeder] = []
+    feeder = Feeder(3, ended.append)
+    feeder.results.put(7)
+    it = MapIterator(feeder, time.monotonic() + 0.05, 0.05)
+    assert next(it) == 7  # a result already there is given even near the deadline
+    with pytest.raises(cf.TimeoutError, match="within 0.05 s"):
+        next(it)
+    assert feeder.stopper.requested
+    with pytest.raises(StopIteration):
+        next(it)
+    feeder.stopper.close()
