@@ -31,7 +31,8 @@ class Stopper:
 
     def __init__(self) -> None:
         self.requested = False
-        self.fd, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fd, self._write = os.pipe()  # not inherited by what the program execs
+        os.set_blocking(self._write, False)  # (os.pipe2 is Linux-only)
         self._lock = threading.Lock()
         self._closed = False
 
