@@ -205,7 +205,7 @@ class Conn:
 
     def request(self, frame: bytes, deadline: float | None) -> Any:
         """Send one frame, return the next message."""
-        try:
+        try:  # _write inlined: this is every call's path
             n = os.write(self._w, frame)
         except BlockingIOError:
             n = 0
