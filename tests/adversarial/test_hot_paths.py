@@ -184,3 +184,260 @@ def test_forged_replies_in_any_shape_without_a_timeout(run_script) -> None:
         assert [g["error"] for g in errors] == ["ProtocolError"], (name, case)
         assert got[-1] == {"value": "next"} and case["replaced"], (name, case)
     assert seen["children"] == 2, seen  # the worker and the watchdog
+
+
+# -- sizes at the read buffers' edges, and mixed traffic from several threads ----------
+
+MIXED = """
+import random, threading
+from typing import Any
+from tarnish_py import _protocol, _segments, _wire
+
+T = _segments.THRESHOLD
+
+
+class Echo(Task[Any, Any]):
+    def run(self, job: Any) -> Any:
+        what, value = job
+        if what == "sleep":
+            time.sleep(value)
+        elif what == "noise":
+            print("noise " * 2000, flush=True)
+            os.write(1, b"\\\\x00" * 70000)
+        return value
+
+
+def outcome(fn):
+    try:
+        return {"value": fn()}
+    except Exception as e:
+        return {"error": type(e).__name__, "text": str(e)[:300]}
+
+
+def str_lengths(target):
+    # ASCII strs whose Call and Result frames end around ``target`` bytes: the ids
+    # of the calls shift a frame by a byte or two, hence the span.
+    base = len(_wire.encode_frame([_protocol.RESULT, 100, ""]))
+    n = target - base
+    while len(_wire.encode_frame([_protocol.RESULT, 100, "a" * n])) > target:
+        n -= 1
+    return range(max(0, n - 4), n + 5)
+
+
+def edges(p, bad):
+    # The worker reads 64 KiB at a time, the parent 256 KiB; the pipe holds 64 KiB
+    # (1 MiB once raised).
+    for target in (1 << 16, 1 << 18, 1 << 20):
+        for n in str_lengths(target):
+            s = "é" * 3 + "a" * (n - 6)  # non-ASCII too: two bytes each
+            if p.call(("echo", s)) != s:
+                bad.append(("str", n))
+            if p.call(("echo", [s[:10], s])) != [s[:10], s]:
+                bad.append(("list", n))
+    for n in (T - 2, T - 1, T, T + 1, (1 << 18) - 1, 1 << 18, (1 << 20) + 1):
+        data = os.urandom(n)
+        for value in (data, {"b": data, "i": n}, [n, data, "x"], [data[:T - 1]] * 3):
+            out = p.call(("echo", value))
+            if out != value or type(out) is not type(value):
+                bad.append(("bytes", n, type(value).__name__))
+
+
+def job(rng):
+    r = rng.random()
+    if r < 0.4:
+        v = rng.randrange(1 << 40)
+    elif r < 0.55:
+        v = os.urandom(rng.choice([10, T - 1, T, 3 * T, 300_000]))
+    elif r < 0.65:
+        v = "s" * rng.choice([10, (1 << 18) - 30, 1 << 18])
+    elif r < 0.75:
+        v = {"m": [os.urandom(T + 1), 1, "x"], "n": os.urandom(100)}
+    elif r < 0.8:
+        return ("noise", 1), 1
+    else:
+        return ("sleep", 0.3), None  # with a short timeout: TaskTimeout
+    return ("echo", v), v
+
+
+def hammer(handle, seed, rounds, bad, counts):
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        args, want = job(rng)
+        how = rng.choice(["call", "call_timeout", "submit"])
+        if want is None:
+            got = outcome(lambda: handle.call(args, timeout=0.05))
+            ok = got.get("error") == "TaskTimeout"
+        elif how == "call":
+            got = outcome(lambda: handle.call(args))
+            ok = got == {"value": want}
+        elif how == "call_timeout":
+            got = outcome(lambda: handle.call(args, timeout=30))
+            ok = got == {"value": want}
+        else:
+            got = outcome(lambda: handle.submit(args).result(30))
+            ok = got == {"value": want}
+        counts[how if want is not None else "timeout"] += 1
+        if not ok:
+            bad.append((how, repr(args)[:80], repr(got)[:300]))
+
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def parent():
+    import collections
+    seen = {}
+    bad = []
+    with Process(Echo, stderr="capture") as p:
+        edges(p, bad)
+    seen["edges"] = bad
+    counts = collections.Counter()
+    for make in (lambda: Process(Echo, stderr="capture"),
+                 lambda: ProcessPool(Echo, size=2, stderr="capture")):
+        bad = []
+        with make() as h:
+            h.call(("echo", 0))
+            before = fds()
+            threads = [threading.Thread(target=hammer, args=(h, i, 40, bad, counts))
+                       for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            seen[type(h).__name__] = {"bad": bad, "stuck": any(t.is_alive() for t in threads),
+                                      "last": h.call(("echo", "last"))}
+            deadline = time.monotonic() + 5
+            while fds() != before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen[type(h).__name__]["fds"] = fds() - before
+    seen["counts"] = counts
+    seen["children"] = len(children())
+    emit(**seen)
+"""
+
+
+def test_frames_at_the_buffer_edges_and_mixed_traffic_from_threads(run_script) -> None:
+    """Strs whose frames end within a few bytes of the worker's and the parent's read
+    buffers and of the pipe's size, bytes around the segment threshold in every
+    container, then tiny, large, noisy and timed-out calls mixed on one Process and
+    on a pool from four threads (call, call with a timeout, submit): every value
+    comes back equal and of its type, a timeout is a TaskTimeout, nothing hangs or
+    leaks an fd."""
+    (seen,) = records(run_script(program(MIXED + MAIN), timeout=100))
+    assert seen["edges"] == [], seen["edges"]
+    for handle in ("Process", "ProcessPool"):
+        assert seen[handle]["bad"] == [], seen[handle]
+        assert not seen[handle]["stuck"], seen[handle]
+        assert seen[handle]["last"] == "last", seen[handle]
+        assert seen[handle]["fds"] == 0, seen[handle]
+    assert min(seen["counts"].values()) > 5, seen["counts"]
+    assert seen["children"] == 1, seen  # the watchdog only
+
+
+# -- real SIGINTs at random instants of tiny calls ---------------------------------
+
+INTERRUPTED = """
+import random, threading
+
+
+class Seven(Task[int, int]):
+    def run(self, x: int) -> int:
+        return 7 * x
+
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def zombies():
+    return sum(state(pid) == "Z" for pid in children())
+
+
+class Injector(threading.Thread):
+    # Sends SIGINT to the main thread every 0.2 to 3 ms until stopped.
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self):
+        rng = random.Random(11)
+        main = threading.main_thread().ident
+        while not self.stop.wait(rng.uniform(0.0002, 0.003)):
+            signal.pthread_kill(main, signal.SIGINT)
+            self.sent += 1
+
+
+def one(handle, i, bad, tally):
+    try:
+        try:
+            got = handle.call(i)
+            tally["ok"] += 1
+            if got != 7 * i:
+                bad.append(("wrong", i, got))
+        except KeyboardInterrupt:
+            tally["interrupted"] += 1
+        except Exception as e:
+            bad.append((type(e).__name__, str(e)[:200]))
+    except KeyboardInterrupt:  # landed in the bookkeeping above
+        pass
+
+
+def storm(handle, seconds, bad, tally):
+    injector = Injector()
+    injector.start()
+    end = time.monotonic() + seconds
+    i = 0
+    while True:
+        try:
+            while time.monotonic() < end:
+                i += 1
+                one(handle, i, bad, tally)
+            injector.stop.set()
+            injector.join(5)
+            time.sleep(0.05)  # a SIGINT already sent lands here
+            break
+        except KeyboardInterrupt:
+            pass
+    return injector.sent
+
+
+def settled(before, within=10.0):
+    deadline = time.monotonic() + within
+    while (fds(), len(children())) != before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return fds(), len(children())
+
+
+def parent():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    seen = {}
+    for name, make in (("process", lambda: Process(Seven)),
+                       ("pool", lambda: ProcessPool(Seven, size=2))):
+        bad, tally = [], {"ok": 0, "interrupted": 0}
+        with make() as h:
+            h.call(0)
+            before = (fds(), len(children()))
+            sent = storm(h, 4.0, bad, tally)
+            seen[name] = {"bad": bad, "sent": sent, **tally,
+                          "after": [h.call(i) for i in range(1, 4)],
+                          "before": before, "settled": settled(before),
+                          "zombies": zombies()}
+    emit(**seen)
+"""
+
+
+def test_real_sigints_during_tiny_calls_leave_no_half_state(run_script) -> None:
+    """Thousands of tiny calls without a timeout (the flat path) on a Process and on
+    a pool, SIGINT sent to the main thread every few milliseconds: each call gives
+    its value or KeyboardInterrupt, never a wrong value, a ProtocolError or a
+    spurious crash; afterwards calls work and no fd, worker or zombie is left."""
+    (seen,) = records(run_script(program(INTERRUPTED + MAIN), timeout=60))
+    for name in ("process", "pool"):
+        case = seen[name]
+        assert case["bad"] == [], case
+        assert case["interrupted"] > 20 and case["ok"] > 200, case
+        assert case["after"] == [7, 14, 21], case
+        assert case["settled"] == case["before"], case
+        assert case["zombies"] == 0, case
