@@ -23,27 +23,24 @@ if __name__ == "__main__":
 """
 
 DYING = """
-def fork_sleeper(then=None):
+def fork_sleeper():
     # A child that keeps the worker's channel open for 20 s, as a helper a native
     # library forked would (fork(2) from C: no at-fork handler closes the channel).
     pid = ctypes.CDLL(None, use_errno=True).fork()
     if pid == 0:
-        if then is not None:
-            then()
         time.sleep(20)
         open(f"slept.{os.getpid()}", "w").close()  # never, if it died with the worker
         os._exit(0)
 
 
-def parent_pid():
-    return int(os.environ["PROGRAM_PID"])
-
-
-def resume_parent_later():
-    # In the sleeper, once the worker is dead: the program wakes to a pipe with
-    # bytes in it and an exited worker, both at once (as a descheduled parent would).
-    time.sleep(0.3)
-    os.kill(parent_pid(), signal.SIGCONT)
+def stop_program_until_dead():
+    # The program stops, and a process outside the worker's group resumes it once
+    # the worker is dead: it wakes to a pipe with bytes in it and an exited worker,
+    # both at once (as a program descheduled on a loaded machine would).
+    program = int(os.environ["PROGRAM_PID"])
+    os.kill(program, signal.SIGSTOP)
+    code = f"import os, time; time.sleep(0.3); os.kill({program}, {int(signal.SIGCONT)})"
+    subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
 
 
 class Job(Task[str, int]):
@@ -62,8 +59,8 @@ def parent():
     seen = {}
     os.environ["PROGRAM_PID"] = str(os.getpid())
     # Something on the pipe (an empty frame) and the death seen in the same wake-up.
-    dying = ("os.kill(parent_pid(), signal.SIGSTOP); to_parent(b'\\\\x00'); "
-             "fork_sleeper(resume_parent_later); os.kill(os.getpid(), 9)")
+    dying = ("stop_program_until_dead(); to_parent(b'\\\\x00'); fork_sleeper(); "
+             "os.kill(os.getpid(), 9)")
     for start in ("exec", "auto"):
         with ProcessPool(Job, size=1, start=start) as pool:
             out = pool.map(["pass", dying, "pass", "pass"], chunksize=4, timeout=20,
