@@ -84,3 +84,96 @@ def test_a_worker_that_writes_then_dies_holding_its_pipe_is_a_crash(run_script) 
             "ok", {"error": "WorkerCrashed", "signal": "SIGKILL"}, "ok", "ok"
         ], case
         assert case["slept"] == [] and case["after"], case
+
+
+EXECUTOR = """
+def gate_then_crash(x, prefix):
+    # Input 7 waits for its gate, then crashes its worker; the others mark and return.
+    mark(prefix, x)
+    if x == 7:
+        block(prefix + ".crash")
+        segfault()
+    return x
+
+
+def parent():
+    seen = {}
+    with IsolatedExecutor(max_workers=2) as ex:
+        warm(ex)
+        # Every worker busy with another caller's submit: the map waits its turn for
+        # one. Abandoned then, none of its inputs may ever run.
+        busy = [ex.submit(block, "busy.gate") for _ in range(2)]
+        it = ex.map(typed_mark, range(20), ["wait"] * 20, chunksize=3)
+        time.sleep(0.2)  # the map waits for a worker (nothing to observe: it must not run)
+        it.close()
+        open_gate("busy.gate")
+        seen["busy"] = dict(submits=len({f.result(20) for f in busy}),
+                            after_close=outcome(next, it)["error"],
+                            threads_gone=until(lambda: not map_threads()),
+                            runs=runs("wait"), next=ex.submit(mul, 6, 7).result(20))
+
+        # Abandoned while one of its running inputs crashes its worker (the crash
+        # comes during the drain of that batch): every input ran at most once,
+        # the executor goes on.
+        for how in ("close", "del", "break", "error"):
+            prefix = "crash_" + how
+            def started():
+                return ex.map(gate_then_crash, range(12), [prefix] * 12, chunksize=5)
+
+            def second_batch_runs():
+                return until(lambda: 7 in runs(prefix))  # the first batch is done
+
+            if how == "close":
+                it = started()
+                second_batch_runs()
+                next(it)
+                it.close()
+            elif how == "del":
+                it = started()
+                second_batch_runs()
+                del it
+                gc.collect()
+            elif how == "break":
+                for _ in started():
+                    second_batch_runs()
+                    break
+            else:
+                try:
+                    for _ in started():
+                        second_batch_runs()
+                        raise RuntimeError("the consumer fails")
+                except RuntimeError:
+                    pass
+            until(lambda: "tarnish_py-executor-map" not in map_threads())
+            open_gate(prefix + ".crash")
+            seen[how] = dict(runs=runs(prefix), threads_gone=until(lambda: not map_threads()),
+                             submit=ex.submit(mul, 2, 3).result(20),
+                             map=list(ex.map(mul, range(7), range(7), chunksize=2)))
+    emit(**seen)
+"""
+
+
+def test_executor_map_abandoned_while_waiting_for_workers_or_while_one_crashes(
+    run_script,
+) -> None:
+    """IsolatedExecutor.map(chunksize=3) waiting for workers that other callers'
+    submits hold, then closed: none of its inputs runs, its thread ends once a
+    worker is free. A map abandoned (close, del, break, a failing consumer) while
+    its running input is about to crash: no input runs twice, the inputs after the
+    crashed one never run, nothing stays behind, the executor goes on."""
+    from integration.test_executor import run_main
+    from integration.test_executor_map import MAP_FUNCTIONS
+
+    rec = run_main(run_script, MAP_FUNCTIONS + EXECUTOR)
+    assert rec["busy"] == {
+        "submits": 2, "after_close": "StopIteration", "threads_gone": True, "runs": {},
+        "next": 42,
+    }, rec["busy"]
+    for how in ("close", "del", "break", "error"):
+        case = rec[how]
+        assert all(n == 1 for n in case["runs"].values()), (how, case)
+        assert {str(x) for x in range(8)} <= set(case["runs"]), (how, case)
+        # After the crash, the rest of its batch is not sent again: the map has ended.
+        assert not {"8", "9"} & set(case["runs"]), (how, case)
+        assert case["threads_gone"] and case["submit"] == 6, (how, case)
+        assert case["map"] == [x * x for x in range(7)], (how, case)
