@@ -11,7 +11,6 @@ that was running, run every other input once, never hang, and leave nothing.
 from __future__ import annotations
 
 import pytest
-
 from integration._programs import no_leftovers  # noqa: F401
 from reliability._prelude import program, records
 
