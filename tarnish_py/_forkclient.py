@@ -71,6 +71,7 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
         self.stdout: IO[bytes] | None = open(stdout, "rb", buffering=0)  # noqa: SIM115
         self.stderr: IO[bytes] | None = open(stderr, "rb", buffering=0)  # noqa: SIM115
         self._server = server
+        self._reaped = False
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -83,7 +84,12 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
             self.returncode = self._server.status(self.pid, block=True, deadline=deadline)
             if self.returncode is None:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        if not self._reaped:
+            # Also when poll() learnt the status first (Conn polls while it waits for
+            # the exit): else the zombie would stay under the server for good. Set
+            # after the send: a REAP sent twice (an interrupt in between) is harmless.
             self._server.reap(self.pid)
+            self._reaped = True
         return self.returncode  # type: ignore[no-any-return]
 
     def send_signal(self, sig: int) -> None:
