@@ -356,15 +356,17 @@ def zombies():
 
 
 class Injector(threading.Thread):
-    # Sends SIGINT to the main thread every 0.2 to 3 ms until stopped.
+    # Once told to go, sends SIGINT to the main thread every 0.2 to 3 ms until stopped.
     def __init__(self):
         super().__init__(daemon=True)
+        self.go = threading.Event()
         self.stop = threading.Event()
         self.sent = 0
 
     def run(self):
         rng = random.Random(11)
         main = threading.main_thread().ident
+        self.go.wait(30)
         while not self.stop.wait(rng.uniform(0.0002, 0.003)):
             signal.pthread_kill(main, signal.SIGINT)
             self.sent += 1
@@ -386,15 +388,16 @@ def one(handle, i, bad, tally):
 
 
 def storm(handle, seconds, bad, tally):
+    end = time.monotonic() + seconds
+    count = [0]
     injector = Injector()
     injector.start()
-    end = time.monotonic() + seconds
-    i = 0
-    while True:
+    while True:  # every statement that runs while SIGINTs fly is inside this try
         try:
+            injector.go.set()
             while time.monotonic() < end:
-                i += 1
-                one(handle, i, bad, tally)
+                count[0] += 1
+                one(handle, count[0], bad, tally)
             injector.stop.set()
             injector.join(5)
             time.sleep(0.05)  # a SIGINT already sent lands here
