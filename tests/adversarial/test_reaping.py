@@ -63,7 +63,7 @@ def parent():
             ended = set()
             for how in ENDS * 2:
                 try:
-                    h.call(how, timeout=2 if how == "hang()" else None)
+                    h.call(how, timeout=0.5 if how == "hang()" else None)
                 except (WorkerCrashed, TaskTimeout) as e:
                     ended.add(e.pid)
                 h.call("pass")
