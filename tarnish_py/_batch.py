@@ -349,12 +349,17 @@ class _Map:
         ms = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
         events = poller.poll(ms)
         readable = {by_fd[fd] for fd, _ in events if fd in by_fd}
+        serviced: set[Lane] = set()
         for fd, _ in events:
             if fd == stop_fd:
                 continue  # seen by results() after this step
             lane = by_fd.get(fd) or deaths[fd]
-            if lane not in self.lanes:
+            # Once per wake-up: a lane whose pipe and pidfd are both ready has one
+            # read's worth of bytes; a second read may block on an empty pipe that a
+            # process the dead worker forked still holds open.
+            if lane not in self.lanes or lane in serviced:
                 continue
+            serviced.add(lane)
             if lane not in readable:
                 # Its worker died, and nothing is left to read, yet no EOF came: a
                 # process it forked holds the pipe. Ending the group brings the EOF.

@@ -71,6 +71,7 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
         self.stdout: IO[bytes] | None = open(stdout, "rb", buffering=0)  # noqa: SIM115
         self.stderr: IO[bytes] | None = open(stderr, "rb", buffering=0)  # noqa: SIM115
         self._server = server
+        self._reaped = False
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -83,7 +84,12 @@ class ForkedProcess(subprocess.Popen):  # type: ignore[type-arg]
             self.returncode = self._server.status(self.pid, block=True, deadline=deadline)
             if self.returncode is None:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        if not self._reaped:
+            # Also when poll() learnt the status first (Conn polls while it waits for
+            # the exit): else the zombie would stay under the server for good. Set
+            # after the send: a REAP sent twice (an interrupt in between) is harmless.
             self._server.reap(self.pid)
+            self._reaped = True
         return self.returncode  # type: ignore[no-any-return]
 
     def send_signal(self, sig: int) -> None:
@@ -180,7 +186,8 @@ class Server:
         if not poller.poll(ms):
             return
         try:
-            n = self._sock.recv_into(self._buf, _READ_SIZE, socket.MSG_DONTWAIT)
+            peek = socket.MSG_DONTWAIT | socket.MSG_PEEK
+            n = self._sock.recv_into(self._buf, _READ_SIZE, peek)
         except BlockingIOError:
             return
         except OSError:
@@ -188,8 +195,18 @@ class Server:
         if n == 0:
             self._died()
             return
+        # Handled before it is taken off the socket: Ctrl-C (the main thread polls
+        # here for a worker's exit) landing between the read and the handling would
+        # otherwise lose an EXITED, and the worker would never be seen to end. One
+        # record handled twice is harmless: an exit status is stored again, and a
+        # reply (FORKED, Hello) only comes while the thread waiting for it holds the
+        # lock, and that thread is never the one Ctrl-C interrupts mid-fork.
         for message in self._reader.feed(self._buf[:n]):
             self._handle(message)
+        try:
+            self._sock.recv(n, socket.MSG_DONTWAIT)  # the record just handled
+        except OSError:
+            self._died()
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, bytes):  # noise a program wrote to stdout while starting

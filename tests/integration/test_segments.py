@@ -259,7 +259,10 @@ def interrupted_call(p):
     except KeyboardInterrupt:
         seen = {"error": "KeyboardInterrupt"}
     old_dead = wait_dead(worker, 5.0)
-    os.kill(worker, signal.SIGCONT)  # were it alive, the next call fails, never hangs
+    try:
+        os.kill(worker, signal.SIGCONT)  # were it alive, the next call fails, never hangs
+    except ProcessLookupError:
+        pass  # dead and reaped already
     return dict(seen, old_dead=old_dead)
 
 
