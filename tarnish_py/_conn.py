@@ -122,7 +122,7 @@ class Conn:
         #: done): a read may then be decoded in place by :meth:`request`.
         self.clean = False
         self._inbox: deque[Any] = deque()
-        self._reap_lock = threading.Lock()
+        self._reap_lock = threading.RLock()
         self._pidfd = -1
         self._wait_in: select.epoll | None = None
         stderr_fd = -1
@@ -377,16 +377,17 @@ class Conn:
         """SIGKILL the worker's process group (any thread; no-op once reaped)."""
         self.killed = True
         self.idle = False
-        # Never wait for the lock: its holder is reaping, and kills the group
-        # itself first. Waiting could deadlock a signal handler (close() on
-        # Ctrl-C) that interrupted finish() on this very thread.
-        if not self._reap_lock.acquire(blocking=False):
-            return
-        try:
-            if self.returncode is None:
+        # A reentrant lock: a signal handler (close() on Ctrl-C) that interrupted
+        # finish() on this very thread must not deadlock on it. Taken with ``with``
+        # (C-level, so an interrupt never leaves it held). The group is killed only
+        # while the leader is unreaped, also if that handler interrupted finish()
+        # between Popen.wait() and the store of the status (a forked worker's
+        # returncode says it exited, not that it was reaped: its server reaps).
+        with self._reap_lock:
+            popen = self.popen
+            reaped = type(popen) is subprocess.Popen and popen.returncode is not None
+            if self.returncode is None and not reaped:
                 self._killpg()
-        finally:
-            self._reap_lock.release()
 
     def alive(self) -> bool:
         if self.returncode is not None:
